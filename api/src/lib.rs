@@ -1,0 +1,1 @@
+//! HookRelay HTTP API.

@@ -1,0 +1,4 @@
+//! Delivering to receivers: the HTTP client and outcome classification.
+
+pub mod classify;
+pub mod client;
