@@ -1,1 +1,1188 @@
-//! (in progress)
+//! The idempotency index: per shard, which (endpoint, idempotency key) pairs were ingested in the
+//! last TTL (7 days by default), with the log offset of the first delivery and a hash of its body
+//! (CONTRACT.md, "Ingest" step 5; ARCHITECTURE.md, "The engine").
+//!
+//! Shape: a directory of memory-mapped hash tables, grouped in time buckets (one UTC day each by
+//! default), so the TTL is enforced by deleting whole bucket files. A bucket starts with one table
+//! sized from the previous bucket's volume; when a table passes [`MAX_LOAD_PERCENT`] load a twice
+//! bigger table is chained after it (no rehash: the shard never stops for one). Slots are 32 bytes:
+//!
+//! | bytes  | field                                                         |
+//! |--------|---------------------------------------------------------------|
+//! | 0..8   | fingerprint: first 8 bytes of SHA-256(endpoint, key); 0 = empty |
+//! | 8..16  | body hash ([`body_hash`])                                     |
+//! | 16..24 | log offset of the ingest record                               |
+//! | 24..28 | insertion time, milliseconds after the bucket start           |
+//! | 28..32 | CRC32 of bytes 0..28                                          |
+//!
+//! Open addressing with linear probing, at most [`MAX_PROBE`] slots per table. Lookups probe the
+//! newest bucket first (a duplicate is most likely recent), each bucket's newest table first.
+//!
+//! Architecture invariant: the log is the truth, the index is derived from it. A `meta` file says
+//! up to which log offset the index is complete ([`IdempotencyIndex::indexed_through`]); after a
+//! crash the engine re-inserts the records from there, and insertion is idempotent. Slots written
+//! after the last [`checkpoint`](IdempotencyIndex::checkpoint) may be lost or torn; a torn slot
+//! fails its CRC and is never returned.
+//!
+//! Fingerprints are 64 bits, so a lookup may, with probability about n / 2^64, return another
+//! key's entry: the engine confirms a hit by reading the log record at [`Hit::offset`].
+//!
+//! Not here: reading the log, and deciding between "duplicate" and "key reused" (the engine does,
+//! with [`Hit::body_hash`]).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::MmapMut;
+use sha2::{Digest, Sha256};
+
+/// Bytes per slot.
+pub const SLOT_BYTES: usize = 32;
+/// Bytes of a table file's header before slot 0.
+pub const TABLE_HEADER_BYTES: usize = 64;
+/// Smallest table, in slots.
+pub const MIN_TABLE_SLOTS: u64 = 64;
+/// Largest table, in slots (2^31 slots, 64 GiB).
+pub const MAX_TABLE_SLOTS: u64 = 1 << 31;
+/// Tables chained in one bucket before inserts into it fail with [`Error::Full`]. With doubling
+/// that is 2^15 times the bucket's first table.
+pub const MAX_TABLES_PER_BUCKET: usize = 16;
+/// Buckets the index keeps open at once; options must leave room for clock skew
+/// (`ttl / bucket width + 2 <= MAX_BUCKETS / 2`).
+pub const MAX_BUCKETS: usize = 1024;
+/// Slots probed in one table before giving up (a lookup miss, or a full table for an insert).
+pub const MAX_PROBE: u64 = 512;
+/// A table at this load chains a new, twice bigger table.
+pub const MAX_LOAD_PERCENT: u64 = 70;
+/// Default bucket width: one UTC day (buckets start at multiples of the width since the epoch).
+pub const DEFAULT_BUCKET_WIDTH_MS: u64 = 24 * 60 * 60 * 1000;
+/// Default time to live of an entry: 7 days (CONTRACT.md, "Ingest").
+pub const DEFAULT_TTL_MS: u64 = 7 * DEFAULT_BUCKET_WIDTH_MS;
+/// Default first table of a new index's first bucket (32 MiB).
+pub const DEFAULT_INITIAL_SLOTS: u64 = 1 << 20;
+
+const TABLE_MAGIC: [u8; 8] = *b"HRIDXTB1";
+const META_MAGIC: [u8; 8] = *b"HRIDXMT1";
+const VERSION: u32 = 1;
+const META_FILE: &str = "meta";
+const META_BYTES: usize = 40;
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Failures of the idempotency index.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file operation failed (disk full when creating a table is one).
+    #[error("idempotency index {path}: {op}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file of the index is not what the index wrote.
+    #[error("idempotency index {path}: corrupt: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The options make no sense, or do not match the index on disk (the bucket width cannot
+    /// change under an existing index: delete the directory and let the engine rebuild it).
+    #[error("idempotency index options: {0}")]
+    InvalidOptions(String),
+    /// A bucket cannot take more entries ([`MAX_TABLES_PER_BUCKET`]), or too many buckets are
+    /// open ([`MAX_BUCKETS`], e.g. inserts with wildly skewed timestamps).
+    #[error("idempotency index full: {0}")]
+    Full(String),
+}
+
+/// Tuning of an [`IdempotencyIndex`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexOptions {
+    /// Time span of one bucket file (1 ms ..= u32::MAX ms); fixed for the life of the index.
+    pub bucket_width_ms: u64,
+    /// How long an entry answers lookups.
+    pub ttl_ms: u64,
+    /// Slots of the first table of the first bucket; later buckets size themselves from the
+    /// previous one. Rounded up to a power of two in `MIN_TABLE_SLOTS..=MAX_TABLE_SLOTS`.
+    pub initial_slots: u64,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        Self {
+            bucket_width_ms: DEFAULT_BUCKET_WIDTH_MS,
+            ttl_ms: DEFAULT_TTL_MS,
+            initial_slots: DEFAULT_INITIAL_SLOTS,
+        }
+    }
+}
+
+impl IndexOptions {
+    /// Checks the options (also done by [`IdempotencyIndex::open`]), for config validation.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.bucket_width_ms == 0 || self.bucket_width_ms > u64::from(u32::MAX) {
+            return Err(Error::InvalidOptions(format!(
+                "bucket_width_ms must be in 1..={}, got {}",
+                u32::MAX,
+                self.bucket_width_ms
+            )));
+        }
+        if self.ttl_ms == 0 {
+            return Err(Error::InvalidOptions("ttl_ms must be positive".to_owned()));
+        }
+        let buckets = self.ttl_ms / self.bucket_width_ms + 2;
+        if buckets > (MAX_BUCKETS / 2) as u64 {
+            return Err(Error::InvalidOptions(format!(
+                "ttl_ms / bucket_width_ms needs {buckets} buckets, more than {}",
+                MAX_BUCKETS / 2
+            )));
+        }
+        Ok(())
+    }
+
+    fn table_slots(&self) -> u64 {
+        clamp_slots(self.initial_slots)
+    }
+}
+
+/// A table size: a power of two within the limits.
+fn clamp_slots(slots: u64) -> u64 {
+    slots
+        .clamp(MIN_TABLE_SLOTS, MAX_TABLE_SLOTS)
+        .next_power_of_two()
+}
+
+/// What the index knows about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    /// Log offset of the delivery first ingested with the key.
+    pub offset: u64,
+    /// [`body_hash`] of that delivery's body.
+    pub body_hash: u64,
+    /// When it was inserted (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+/// The index's hash of a request body: the first 8 bytes of its SHA-256, big-endian (so it
+/// prints as the first 16 hex digits of the digest).
+pub fn body_hash(body: &[u8]) -> u64 {
+    let digest = Sha256::digest(body);
+    u64::from_be_bytes(digest[0..8].try_into().expect("SHA-256 is 32 bytes"))
+}
+
+/// The 64-bit fingerprint of (endpoint, key); never 0, which marks an empty slot. The endpoint's
+/// length is hashed first so that ("ab", "c") and ("a", "bc") differ.
+fn fingerprint(endpoint_id: &str, key: &str) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update((endpoint_id.len() as u64).to_le_bytes());
+    hasher.update(endpoint_id.as_bytes());
+    hasher.update(key.as_bytes());
+    let digest = hasher.finalize();
+    let fp = u64::from_le_bytes(digest[0..8].try_into().expect("SHA-256 is 32 bytes"));
+    fp.max(1)
+}
+
+/// One slot's contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    fingerprint: u64,
+    body_hash: u64,
+    offset: u64,
+    at_rel_ms: u32,
+}
+
+impl Entry {
+    fn encode(&self) -> [u8; SLOT_BYTES] {
+        let mut bytes = [0u8; SLOT_BYTES];
+        bytes[0..8].copy_from_slice(&self.fingerprint.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.body_hash.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.offset.to_le_bytes());
+        bytes[24..28].copy_from_slice(&self.at_rel_ms.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[0..28]);
+        bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    /// `None` for a torn or garbled slot.
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let crc = read_u32(bytes, 28);
+        if crc != crc32fast::hash(&bytes[0..28]) {
+            return None;
+        }
+        Some(Self {
+            fingerprint: read_u64(bytes, 0),
+            body_hash: read_u64(bytes, 8),
+            offset: read_u64(bytes, 16),
+            at_rel_ms: read_u32(bytes, 24),
+        })
+    }
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// Outcome of placing an entry in one table.
+enum Placed {
+    Inserted,
+    AlreadyPresent,
+    /// No free slot within [`MAX_PROBE`].
+    NoRoom,
+}
+
+/// One memory-mapped hash table file.
+#[derive(Debug)]
+struct Table {
+    path: PathBuf,
+    map: MmapMut,
+    capacity: u64,
+    /// Occupied slots (a hint after a crash: it only drives growth, MAX_PROBE bounds the rest).
+    len: u64,
+    dirty: bool,
+}
+
+/// Table header layout: magic 0..8, version 8..12, slot bytes 12..16, capacity 16..24, bucket
+/// start 24..32, bucket width 32..40, generation 40..44, CRC32 of 0..44 at 44..48, len 48..56.
+const LEN_AT: usize = 48;
+
+impl Table {
+    fn file_name(start_ms: u64, generation: u32) -> String {
+        format!("b{start_ms:020}-t{generation:02}.idx")
+    }
+
+    /// Parses a table file name into (bucket start, generation).
+    fn parse_name(name: &str) -> Option<(u64, u32)> {
+        let rest = name.strip_prefix('b')?.strip_suffix(".idx")?;
+        let (start, generation) = rest.split_once("-t")?;
+        Some((start.parse().ok()?, generation.parse().ok()?))
+    }
+
+    fn encode_header(capacity: u64, start_ms: u64, width_ms: u64, generation: u32) -> Vec<u8> {
+        let mut header = vec![0u8; TABLE_HEADER_BYTES];
+        header[0..8].copy_from_slice(&TABLE_MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        header[12..16].copy_from_slice(&(SLOT_BYTES as u32).to_le_bytes());
+        header[16..24].copy_from_slice(&capacity.to_le_bytes());
+        header[24..32].copy_from_slice(&start_ms.to_le_bytes());
+        header[32..40].copy_from_slice(&width_ms.to_le_bytes());
+        header[40..44].copy_from_slice(&generation.to_le_bytes());
+        let crc = crc32fast::hash(&header[0..44]);
+        header[44..48].copy_from_slice(&crc.to_le_bytes());
+        header
+    }
+
+    /// Creates the file complete and durable under a temporary name, then renames it, so that a
+    /// table file with a bad header is always corruption, never a crash during creation.
+    fn create(
+        dir: &Path,
+        start_ms: u64,
+        width_ms: u64,
+        generation: u32,
+        capacity: u64,
+    ) -> Result<Self, Error> {
+        assert!(
+            capacity.is_power_of_two() && (MIN_TABLE_SLOTS..=MAX_TABLE_SLOTS).contains(&capacity)
+        );
+        let path = dir.join(Self::file_name(start_ms, generation));
+        let tmp = dir.join(format!(
+            "{}{TMP_SUFFIX}",
+            Self::file_name(start_ms, generation)
+        ));
+        let io_err = |op, p: &Path| {
+            let p = p.to_path_buf();
+            move |source| Error::Io {
+                path: p,
+                op,
+                source,
+            }
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err("create table", &tmp))?;
+        let len = TABLE_HEADER_BYTES as u64 + capacity * SLOT_BYTES as u64;
+        reserve(&file, len).map_err(io_err("reserve table", &tmp))?;
+        let header = Self::encode_header(capacity, start_ms, width_ms, generation);
+        file.write_all_at(&header, 0)
+            .map_err(io_err("write table header", &tmp))?;
+        file.sync_all().map_err(io_err("fsync table", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename table", &path))?;
+        sync_dir(dir)?;
+        Self::map(path, file, capacity, 0)
+    }
+
+    /// Opens an existing table file and checks its header against its name.
+    fn open(path: PathBuf, start_ms: u64, width_ms: u64, generation: u32) -> Result<Self, Error> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                op: "open table",
+                source,
+            })?;
+        let mut header = [0u8; TABLE_HEADER_BYTES];
+        let corrupt = |reason: String| Error::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| corrupt(format!("cannot read header: {e}")))?;
+        if header[0..8] != TABLE_MAGIC {
+            return Err(corrupt("bad magic".to_owned()));
+        }
+        if read_u32(&header, 44) != crc32fast::hash(&header[0..44]) {
+            return Err(corrupt("header checksum mismatch".to_owned()));
+        }
+        let capacity = read_u64(&header, 16);
+        let expected = Self::encode_header(capacity, start_ms, width_ms, generation);
+        if header[0..44] != expected[0..44] {
+            return Err(corrupt(format!(
+                "header does not match name/options (start {start_ms}, width {width_ms}, \
+                 generation {generation}, version {VERSION})"
+            )));
+        }
+        let file_len = file
+            .metadata()
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                op: "stat table",
+                source,
+            })?
+            .len();
+        if !capacity.is_power_of_two()
+            || file_len != TABLE_HEADER_BYTES as u64 + capacity * SLOT_BYTES as u64
+        {
+            return Err(corrupt(format!(
+                "capacity {capacity} does not match length {file_len}"
+            )));
+        }
+        let len = read_u64(&header, LEN_AT).min(capacity);
+        Self::map(path, file, capacity, len)
+    }
+
+    fn map(path: PathBuf, file: File, capacity: u64, len: u64) -> Result<Self, Error> {
+        // SAFETY: the file lives in this shard's index directory and only this index, owned by
+        // one shard thread, maps it; nothing truncates it while mapped (expiry unmaps first).
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(|source| Error::Io {
+            path: path.clone(),
+            op: "mmap table",
+            source,
+        })?;
+        Ok(Self {
+            path,
+            map,
+            capacity,
+            len,
+            dirty: false,
+        })
+    }
+
+    fn slot(&self, index: u64) -> &[u8] {
+        let start = TABLE_HEADER_BYTES + index as usize * SLOT_BYTES;
+        &self.map[start..start + SLOT_BYTES]
+    }
+
+    /// Slot indexes of the probe sequence of `fingerprint`.
+    fn probe(&self, fingerprint: u64) -> impl Iterator<Item = u64> + use<> {
+        let mask = self.capacity - 1;
+        let home = fingerprint & mask;
+        (0..MAX_PROBE.min(self.capacity)).map(move |k| (home + k) & mask)
+    }
+
+    /// Every valid entry with this fingerprint, in probe order.
+    fn matches(&self, fingerprint: u64) -> impl Iterator<Item = Entry> + '_ {
+        self.probe(fingerprint)
+            .map(|index| self.slot(index))
+            .take_while(|bytes| read_u64(bytes, 0) != 0)
+            .filter(move |bytes| read_u64(bytes, 0) == fingerprint)
+            .filter_map(Entry::decode)
+    }
+
+    /// Puts `entry` in the first free slot of its probe sequence, unless the same fingerprint
+    /// and offset are already there.
+    fn place(&mut self, entry: &Entry) -> Placed {
+        let mut free = None;
+        for index in self.probe(entry.fingerprint) {
+            let bytes = self.slot(index);
+            let fingerprint = read_u64(bytes, 0);
+            if fingerprint == 0 {
+                free = Some(index);
+                break;
+            }
+            if fingerprint == entry.fingerprint
+                && Entry::decode(bytes).is_some_and(|e| e.offset == entry.offset)
+            {
+                return Placed::AlreadyPresent;
+            }
+        }
+        let Some(index) = free else {
+            return Placed::NoRoom;
+        };
+        let start = TABLE_HEADER_BYTES + index as usize * SLOT_BYTES;
+        self.map[start..start + SLOT_BYTES].copy_from_slice(&entry.encode());
+        // Pair assertion: the slot reads back as written.
+        debug_assert_eq!(Entry::decode(self.slot(index)), Some(*entry));
+        self.len += 1;
+        self.map[LEN_AT..LEN_AT + 8].copy_from_slice(&self.len.to_le_bytes());
+        self.dirty = true;
+        Placed::Inserted
+    }
+
+    fn over_load(&self) -> bool {
+        (self.len + 1) * 100 > self.capacity * MAX_LOAD_PERCENT
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        if self.dirty {
+            self.map.flush().map_err(|source| Error::Io {
+                path: self.path.clone(),
+                op: "msync table",
+                source,
+            })?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+/// The tables of one time bucket, oldest first.
+#[derive(Debug)]
+struct Bucket {
+    tables: Vec<Table>,
+}
+
+impl Bucket {
+    fn len(&self) -> u64 {
+        self.tables.iter().map(|t| t.len).sum()
+    }
+}
+
+/// A shard's idempotency index (see the module docs).
+#[derive(Debug)]
+pub struct IdempotencyIndex {
+    dir: PathBuf,
+    options: IndexOptions,
+    /// Buckets by start time.
+    buckets: BTreeMap<u64, Bucket>,
+    indexed_through: u64,
+    /// The latest `now_ms` given to [`IdempotencyIndex::expire`]: inserts into buckets already
+    /// expired by then are skipped instead of resurrecting the bucket.
+    expired_at_ms: u64,
+}
+
+impl IdempotencyIndex {
+    /// Opens the index in `dir` (created when absent).
+    ///
+    /// Errors: [`Error::InvalidOptions`] for nonsense options or a bucket width other than the
+    /// one the index was created with; [`Error::Corrupt`] for a damaged file (the engine may
+    /// delete the directory and rebuild it from the log); [`Error::Io`].
+    pub fn open(dir: &Path, options: IndexOptions) -> Result<Self, Error> {
+        options.validate()?;
+        fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            op: "create directory",
+            source,
+        })?;
+        let meta_path = dir.join(META_FILE);
+        let indexed_through = match fs::read(&meta_path) {
+            Ok(bytes) => {
+                let (width_ms, through) = decode_meta(&bytes).map_err(|reason| Error::Corrupt {
+                    path: meta_path.clone(),
+                    reason,
+                })?;
+                if width_ms != options.bucket_width_ms {
+                    return Err(Error::InvalidOptions(format!(
+                        "index in {} has bucket_width_ms {width_ms}, asked for {}",
+                        dir.display(),
+                        options.bucket_width_ms
+                    )));
+                }
+                through
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                write_meta(dir, options.bucket_width_ms, 0)?;
+                0
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    path: meta_path,
+                    op: "read meta",
+                    source,
+                });
+            }
+        };
+
+        let mut found: BTreeMap<u64, BTreeMap<u32, PathBuf>> = BTreeMap::new();
+        let entries = fs::read_dir(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            op: "list directory",
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| Error::Io {
+                path: dir.to_path_buf(),
+                op: "list directory",
+                source,
+            })?;
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if name.ends_with(TMP_SUFFIX) {
+                // A creation or meta update cut short by a crash: never in use.
+                fs::remove_file(&path).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    op: "remove temporary file",
+                    source,
+                })?;
+            } else if let Some((start_ms, generation)) = Table::parse_name(name) {
+                found.entry(start_ms).or_default().insert(generation, path);
+            }
+        }
+        if found.len() > MAX_BUCKETS {
+            return Err(Error::Full(format!("{} buckets on disk", found.len())));
+        }
+        let mut buckets = BTreeMap::new();
+        for (start_ms, generations) in found {
+            let mut tables = Vec::with_capacity(generations.len());
+            for (generation, path) in generations {
+                tables.push(Table::open(
+                    path,
+                    start_ms,
+                    options.bucket_width_ms,
+                    generation,
+                )?);
+            }
+            buckets.insert(start_ms, Bucket { tables });
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            options,
+            buckets,
+            indexed_through,
+            expired_at_ms: 0,
+        })
+    }
+
+    /// The entry for (endpoint, key) inserted less than the TTL before `now_ms`, newest bucket
+    /// first. May (about once in 2^64 / keys) return another key's entry: confirm against the log.
+    /// If the same key was inserted with several offsets within the TTL, which one is returned is
+    /// unspecified (the engine does not do that: a seen key is a duplicate or a reuse).
+    pub fn lookup(&self, endpoint_id: &str, key: &str, now_ms: u64) -> Option<Hit> {
+        let fingerprint = fingerprint(endpoint_id, key);
+        for (&start_ms, bucket) in self.buckets.iter().rev() {
+            if self.bucket_expired(start_ms, now_ms) {
+                // Buckets are sorted by start: every older one is expired too.
+                break;
+            }
+            for table in bucket.tables.iter().rev() {
+                for entry in table.matches(fingerprint) {
+                    let at_ms = start_ms + u64::from(entry.at_rel_ms);
+                    if now_ms.saturating_sub(at_ms) < self.options.ttl_ms {
+                        return Some(Hit {
+                            offset: entry.offset,
+                            body_hash: entry.body_hash,
+                            at_ms,
+                        });
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Records that the delivery at log `offset` was ingested at `at_ms` with (endpoint, key) and
+    /// a body of hash `body_hash`.
+    ///
+    /// Idempotent for the same (endpoint, key, offset, at_ms), so recovery can replay the log
+    /// from [`indexed_through`](Self::indexed_through). An entry already expired by the last
+    /// [`expire`](Self::expire) is skipped. May create a file (a new bucket or a chained table),
+    /// which fsyncs it: a few milliseconds, once per bucket or growth step.
+    pub fn insert(
+        &mut self,
+        endpoint_id: &str,
+        key: &str,
+        body_hash: u64,
+        offset: u64,
+        at_ms: u64,
+    ) -> Result<(), Error> {
+        let width_ms = self.options.bucket_width_ms;
+        let start_ms = at_ms - at_ms % width_ms;
+        if self.bucket_expired(start_ms, self.expired_at_ms) {
+            return Ok(());
+        }
+        let entry = Entry {
+            fingerprint: fingerprint(endpoint_id, key),
+            body_hash,
+            offset,
+            at_rel_ms: u32::try_from(at_ms - start_ms).expect("bucket width fits u32"),
+        };
+        if !self.buckets.contains_key(&start_ms) {
+            if self.buckets.len() >= MAX_BUCKETS {
+                return Err(Error::Full(format!(
+                    "{MAX_BUCKETS} buckets open, cannot add one for {at_ms}"
+                )));
+            }
+            // Size the new bucket for the previous one's volume at about 50 % load, so that a
+            // steady stream needs one table per bucket.
+            let previous = self
+                .buckets
+                .range(..start_ms)
+                .next_back()
+                .map_or(0, |(_, b)| b.len());
+            let slots = clamp_slots(self.options.table_slots().max(previous.saturating_mul(2)));
+            let table = Table::create(&self.dir, start_ms, width_ms, 0, slots)?;
+            self.buckets.insert(
+                start_ms,
+                Bucket {
+                    tables: vec![table],
+                },
+            );
+        }
+        let bucket = self.buckets.get_mut(&start_ms).expect("bucket exists");
+        let (newest, older) = bucket
+            .tables
+            .split_last_mut()
+            .expect("a bucket has a table");
+        if older
+            .iter()
+            .any(|t| t.matches(entry.fingerprint).any(|e| e.offset == offset))
+        {
+            return Ok(());
+        }
+        if !newest.over_load() {
+            match newest.place(&entry) {
+                Placed::Inserted | Placed::AlreadyPresent => return Ok(()),
+                Placed::NoRoom => {}
+            }
+        } else if newest
+            .matches(entry.fingerprint)
+            .any(|e| e.offset == offset)
+        {
+            return Ok(());
+        }
+        // Chain a bigger table.
+        let generation = bucket.tables.len();
+        if generation >= MAX_TABLES_PER_BUCKET {
+            return Err(Error::Full(format!(
+                "bucket starting at {start_ms} has {MAX_TABLES_PER_BUCKET} tables"
+            )));
+        }
+        let last = bucket.tables.last().expect("a bucket has a table");
+        let slots = clamp_slots(last.capacity.saturating_mul(2));
+        let mut table = Table::create(&self.dir, start_ms, width_ms, generation as u32, slots)?;
+        match table.place(&entry) {
+            Placed::Inserted => {}
+            Placed::AlreadyPresent | Placed::NoRoom => {
+                unreachable!("a new table has room and no entries")
+            }
+        }
+        bucket.tables.push(table);
+        Ok(())
+    }
+
+    /// Deletes the bucket files whose every entry is at least the TTL older than `now_ms`;
+    /// returns how many buckets it dropped. Lookups already ignore such entries, so calling this
+    /// late only costs disk.
+    pub fn expire(&mut self, now_ms: u64) -> Result<usize, Error> {
+        self.expired_at_ms = self.expired_at_ms.max(now_ms);
+        let expired: Vec<u64> = self
+            .buckets
+            .keys()
+            .copied()
+            .take_while(|&start_ms| self.bucket_expired(start_ms, now_ms))
+            .collect();
+        for start_ms in &expired {
+            let bucket = self.buckets.remove(start_ms).expect("listed bucket");
+            // Unmap before deleting, then delete newest first: a crash in between leaves a
+            // bucket with its oldest tables, which the next expire deletes.
+            for table in bucket.tables.into_iter().rev() {
+                let Table { path, map, .. } = table;
+                drop(map);
+                fs::remove_file(&path).map_err(|source| Error::Io {
+                    path,
+                    op: "remove expired table",
+                    source,
+                })?;
+            }
+        }
+        Ok(expired.len())
+    }
+
+    /// Makes every insert so far durable (`msync` of the changed tables) and records that the
+    /// index holds every log record before `log_offset`. Offsets only grow.
+    ///
+    /// Blocks for the dirty pages and two fsyncs: run it on the checkpoint path.
+    ///
+    /// # Panics
+    /// When `log_offset` is lower than [`indexed_through`](Self::indexed_through).
+    pub fn checkpoint(&mut self, log_offset: u64) -> Result<(), Error> {
+        assert!(
+            log_offset >= self.indexed_through,
+            "checkpoint offset went back from {} to {log_offset}",
+            self.indexed_through
+        );
+        for bucket in self.buckets.values_mut() {
+            for table in &mut bucket.tables {
+                table.flush()?;
+            }
+        }
+        write_meta(&self.dir, self.options.bucket_width_ms, log_offset)?;
+        self.indexed_through = log_offset;
+        Ok(())
+    }
+
+    /// The log offset from which recovery must re-insert records (every record before it is in
+    /// the index durably).
+    pub fn indexed_through(&self) -> u64 {
+        self.indexed_through
+    }
+
+    /// Buckets currently open (for metrics and tests).
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// True when every entry the bucket can hold is at least the TTL old at `now_ms`.
+    fn bucket_expired(&self, start_ms: u64, now_ms: u64) -> bool {
+        let end_ms = start_ms.saturating_add(self.options.bucket_width_ms);
+        end_ms.saturating_add(self.options.ttl_ms) <= now_ms
+    }
+}
+
+/// Meta layout: magic 0..8, version 8..12, bucket width 12..20, indexed through 20..28, CRC32 of
+/// 0..28 at 28..32, zero padding.
+fn encode_meta(width_ms: u64, indexed_through: u64) -> [u8; META_BYTES] {
+    let mut bytes = [0u8; META_BYTES];
+    bytes[0..8].copy_from_slice(&META_MAGIC);
+    bytes[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    bytes[12..20].copy_from_slice(&width_ms.to_le_bytes());
+    bytes[20..28].copy_from_slice(&indexed_through.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[0..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+fn decode_meta(bytes: &[u8]) -> Result<(u64, u64), String> {
+    if bytes.len() != META_BYTES {
+        return Err(format!(
+            "meta is {} bytes, expected {META_BYTES}",
+            bytes.len()
+        ));
+    }
+    if bytes[0..8] != META_MAGIC {
+        return Err("bad magic".to_owned());
+    }
+    if read_u32(bytes, 28) != crc32fast::hash(&bytes[0..28]) {
+        return Err("checksum mismatch".to_owned());
+    }
+    let version = read_u32(bytes, 8);
+    if version != VERSION {
+        return Err(format!("version {version}, this build reads {VERSION}"));
+    }
+    Ok((read_u64(bytes, 12), read_u64(bytes, 20)))
+}
+
+/// Replaces the meta file atomically: write a temporary file, fsync, rename, fsync the directory.
+fn write_meta(dir: &Path, width_ms: u64, indexed_through: u64) -> Result<(), Error> {
+    let path = dir.join(META_FILE);
+    let tmp = dir.join(format!("{META_FILE}{TMP_SUFFIX}"));
+    let io_err = |op, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| Error::Io {
+            path: p,
+            op,
+            source,
+        }
+    };
+    let file = File::create(&tmp).map_err(io_err("create meta", &tmp))?;
+    file.write_all_at(&encode_meta(width_ms, indexed_through), 0)
+        .map_err(io_err("write meta", &tmp))?;
+    file.sync_all().map_err(io_err("fsync meta", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err("rename meta", &path))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            op: "fsync directory",
+            source,
+        })
+}
+
+/// Makes the file `len` bytes long with its blocks allocated, so that writing through the mapping
+/// cannot hit a full disk (`SIGBUS`); a full disk is an error here instead.
+fn reserve(file: &File, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: plain syscall on an open descriptor we own.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    match rc {
+        0 => Ok(()),
+        // Filesystems without fallocate: fall back to a sparse file, the best we can do.
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len as u64),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const WIDTH: u64 = 1_000;
+    const TTL: u64 = 3_000;
+
+    fn small() -> IndexOptions {
+        IndexOptions {
+            bucket_width_ms: WIDTH,
+            ttl_ms: TTL,
+            initial_slots: MIN_TABLE_SLOTS,
+        }
+    }
+
+    fn table_files(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".idx")
+            })
+            .count()
+    }
+
+    #[test]
+    fn body_hash_is_the_sha256_prefix() {
+        // SHA-256("abc") = ba7816bf8f01cfea...
+        assert_eq!(body_hash(b"abc"), 0xba78_16bf_8f01_cfea);
+        assert_ne!(fingerprint("ab", "c"), fingerprint("a", "bc"));
+    }
+
+    #[test]
+    fn insert_lookup_and_ttl_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        assert_eq!(index.lookup("ep", "k", 10_000), None);
+        index.insert("ep", "k", 7, 100, 10_500).unwrap();
+        let hit = Hit {
+            offset: 100,
+            body_hash: 7,
+            at_ms: 10_500,
+        };
+        assert_eq!(index.lookup("ep", "k", 10_500), Some(hit));
+        assert_eq!(index.lookup("ep", "k", 10_500 + TTL - 1), Some(hit));
+        assert_eq!(index.lookup("ep", "k", 10_500 + TTL), None);
+        assert_eq!(
+            index.lookup("ep", "k", 9_000),
+            Some(hit),
+            "clock skew: still a duplicate"
+        );
+        assert_eq!(index.lookup("other", "k", 10_500), None);
+        assert_eq!(index.lookup("ep", "k2", 10_500), None);
+    }
+
+    #[test]
+    fn insert_is_idempotent_for_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        for _ in 0..3 {
+            index.insert("ep", "k", 7, 100, 1_000).unwrap();
+        }
+        let bucket = index.buckets.values().next().unwrap();
+        assert_eq!(bucket.len(), 1);
+    }
+
+    #[test]
+    fn grows_past_initial_capacity_by_chaining_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        let n = 2_000u64;
+        for i in 0..n {
+            index
+                .insert("ep", &format!("key-{i}"), i, i * 10, 5_000)
+                .unwrap();
+        }
+        let tables = index.buckets.values().next().unwrap().tables.len();
+        assert!(
+            tables >= 5,
+            "64 slots at 70 % cannot hold 2000 keys in {tables} tables"
+        );
+        for i in 0..n {
+            let hit = index.lookup("ep", &format!("key-{i}"), 5_000).unwrap();
+            assert_eq!((hit.offset, hit.body_hash), (i * 10, i));
+        }
+        // Replay after growth stays idempotent.
+        index.insert("ep", "key-0", 0, 0, 5_000).unwrap();
+        assert_eq!(index.buckets.values().next().unwrap().len(), n);
+        // The next bucket is sized from this one: one table suffices.
+        for i in 0..n {
+            index
+                .insert("ep", &format!("next-{i}"), i, i, 6_000)
+                .unwrap();
+        }
+        assert_eq!(index.buckets.get(&6_000).unwrap().tables.len(), 1);
+    }
+
+    #[test]
+    fn expire_drops_whole_old_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        index.insert("ep", "old", 1, 1, 1_999).unwrap();
+        index.insert("ep", "new", 2, 2, 2_000).unwrap();
+        assert_eq!(table_files(dir.path()), 2);
+        // Bucket [1000, 2000) is wholly expired at 2000 + TTL.
+        assert_eq!(index.expire(2_000 + TTL - 1).unwrap(), 0);
+        assert_eq!(index.expire(2_000 + TTL).unwrap(), 1);
+        assert_eq!(table_files(dir.path()), 1);
+        assert_eq!(
+            index.lookup("ep", "new", 2_000 + TTL - 1).map(|h| h.offset),
+            Some(2)
+        );
+        // A replayed insert into the dropped bucket does not bring it back.
+        index.insert("ep", "old", 1, 1, 1_999).unwrap();
+        assert_eq!(index.bucket_count(), 1);
+    }
+
+    #[test]
+    fn checkpoint_and_reopen_keep_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+            assert_eq!(index.indexed_through(), 0);
+            index.insert("ep", "k", 7, 100, 1_000).unwrap();
+            index.checkpoint(101).unwrap();
+        }
+        let index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        assert_eq!(index.indexed_through(), 101);
+        assert_eq!(index.lookup("ep", "k", 1_000).map(|h| h.offset), Some(100));
+        let other = IndexOptions {
+            bucket_width_ms: 2 * WIDTH,
+            ..small()
+        };
+        drop(index);
+        assert!(matches!(
+            IdempotencyIndex::open(dir.path(), other),
+            Err(Error::InvalidOptions(_))
+        ));
+    }
+
+    #[test]
+    fn torn_slot_is_never_returned_and_replay_repairs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        index.insert("ep", "k", 7, 100, 1_000).unwrap();
+        let table = &mut index.buckets.get_mut(&1_000).unwrap().tables[0];
+        let fp = fingerprint("ep", "k");
+        let slot = table.probe(fp).next().unwrap() as usize;
+        table.map[TABLE_HEADER_BYTES + slot * SLOT_BYTES + 17] ^= 1; // the offset
+        assert_eq!(index.lookup("ep", "k", 1_000), None);
+        index.insert("ep", "k", 7, 100, 1_000).unwrap();
+        assert_eq!(index.lookup("ep", "k", 1_000).map(|h| h.offset), Some(100));
+    }
+
+    #[test]
+    fn damaged_files_are_reported_and_leftover_temporaries_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+            index.insert("ep", "k", 7, 100, 1_000).unwrap();
+        }
+        fs::write(
+            dir.path().join("b00000000000000002000-t00.idx.tmp"),
+            b"junk",
+        )
+        .unwrap();
+        drop(IdempotencyIndex::open(dir.path(), small()).unwrap());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "meta + one table"
+        );
+        let table = dir.path().join(Table::file_name(1_000, 0));
+        let mut bytes = fs::read(&table).unwrap();
+        bytes[20] ^= 1; // capacity
+        fs::write(&table, &bytes).unwrap();
+        assert!(matches!(
+            IdempotencyIndex::open(dir.path(), small()),
+            Err(Error::Corrupt { .. })
+        ));
+        fs::write(dir.path().join(META_FILE), b"garbage").unwrap();
+        assert!(matches!(
+            IdempotencyIndex::open(dir.path(), small()),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [
+            IndexOptions {
+                bucket_width_ms: 0,
+                ..small()
+            },
+            IndexOptions {
+                bucket_width_ms: u64::from(u32::MAX) + 1,
+                ..small()
+            },
+            IndexOptions {
+                ttl_ms: 0,
+                ..small()
+            },
+            IndexOptions {
+                ttl_ms: WIDTH * MAX_BUCKETS as u64,
+                ..small()
+            },
+        ] {
+            assert!(matches!(
+                IdempotencyIndex::open(dir.path(), bad),
+                Err(Error::InvalidOptions(_))
+            ));
+        }
+        assert!(IndexOptions::default().validate().is_ok());
+    }
+
+    /// What the model remembers of one insert.
+    #[derive(Debug, Clone)]
+    struct Inserted {
+        endpoint: u8,
+        key: u8,
+        body_hash: u64,
+        offset: u64,
+        at_ms: u64,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Insert (endpoint, key) at now - back_ms.
+        Insert {
+            endpoint: u8,
+            key: u8,
+            body_hash: u64,
+            back_ms: u64,
+        },
+        /// Re-insert the n-th earlier insert (log replay).
+        Replay(usize),
+        Lookup {
+            endpoint: u8,
+            key: u8,
+        },
+        Tick(u64),
+        Expire,
+        CheckpointReopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (0..3u8, 0..30u8, any::<u64>(), prop_oneof![Just(0u64), 0..4_000u64])
+                .prop_map(|(endpoint, key, body_hash, back_ms)| Op::Insert {
+                    endpoint, key, body_hash, back_ms,
+                }),
+            1 => any::<usize>().prop_map(Op::Replay),
+            4 => (0..3u8, 0..30u8).prop_map(|(endpoint, key)| Op::Lookup { endpoint, key }),
+            2 => prop_oneof![0..100u64, 0..2_500u64].prop_map(Op::Tick),
+            1 => Just(Op::Expire),
+            1 => Just(Op::CheckpointReopen),
+        ]
+    }
+
+    fn names(endpoint: u8, key: u8) -> (String, String) {
+        (format!("ep_{endpoint}"), format!("key-{key}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn prop_matches_model_with_expiry_and_reopen(
+            ops in proptest::collection::vec(op(), 1..150),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+            let mut now_ms = 10_000u64;
+            let mut log: Vec<Inserted> = Vec::new();
+            let visible = |log: &[Inserted], endpoint: u8, key: u8, now_ms: u64| {
+                let hits: Vec<Inserted> = log
+                    .iter()
+                    .filter(|e| e.endpoint == endpoint && e.key == key)
+                    .filter(|e| now_ms.saturating_sub(e.at_ms) < TTL)
+                    .cloned()
+                    .collect();
+                assert!(hits.len() <= 1, "the generator keeps one live entry per key");
+                hits.into_iter().next()
+            };
+            for op in ops {
+                match op {
+                    Op::Insert { endpoint, key, body_hash, back_ms } => {
+                        // The engine only inserts keys it did not find.
+                        if visible(&log, endpoint, key, now_ms).is_some() {
+                            continue;
+                        }
+                        let at_ms = now_ms - back_ms;
+                        let offset = log.len() as u64;
+                        let (e, k) = names(endpoint, key);
+                        index.insert(&e, &k, body_hash, offset, at_ms).unwrap();
+                        log.push(Inserted { endpoint, key, body_hash, offset, at_ms });
+                    }
+                    Op::Replay(n) if !log.is_empty() => {
+                        let entry = log[n % log.len()].clone();
+                        let (e, k) = names(entry.endpoint, entry.key);
+                        index.insert(&e, &k, entry.body_hash, entry.offset, entry.at_ms).unwrap();
+                    }
+                    Op::Replay(_) => {}
+                    Op::Lookup { endpoint, key } => {
+                        let (e, k) = names(endpoint, key);
+                        let expected = visible(&log, endpoint, key, now_ms)
+                            .map(|i| Hit { offset: i.offset, body_hash: i.body_hash, at_ms: i.at_ms });
+                        prop_assert_eq!(index.lookup(&e, &k, now_ms), expected);
+                    }
+                    Op::Tick(ms) => now_ms += ms,
+                    Op::Expire => {
+                        index.expire(now_ms).unwrap();
+                        for &start in index.buckets.keys() {
+                            prop_assert!(start + WIDTH + TTL > now_ms);
+                        }
+                    }
+                    Op::CheckpointReopen => {
+                        let through = log.len() as u64;
+                        index.checkpoint(through).unwrap();
+                        drop(index);
+                        index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+                        prop_assert_eq!(index.indexed_through(), through);
+                    }
+                }
+            }
+            // Everything the model says is live is found, and nothing else.
+            for endpoint in 0..3 {
+                for key in 0..30 {
+                    let (e, k) = names(endpoint, key);
+                    let expected = visible(&log, endpoint, key, now_ms).map(|i| i.offset);
+                    prop_assert_eq!(index.lookup(&e, &k, now_ms).map(|h| h.offset), expected);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! One delivery attempt: build the forwarded request, send it, classify the outcome, record it,
+//! and schedule what comes next.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::clock::now_ms;
+use crate::delivery::classify::{Outcome, classify, error_class};
+use crate::delivery::client::AttemptRequest;
+use crate::meta::Endpoint;
+use crate::record::{Attempted, Ingested, Status, TYPE_ATTEMPTED};
+use crate::shard::core::ShardCore;
+use crate::shard::scheduler::{Done, Entry};
+use crate::signing;
+
+/// Headers never forwarded: hop-by-hop ones (RFC 9110 §7.6.1), those the client sets itself,
+/// and the sender's own Standard Webhooks headers, which HookRelay replaces with its own.
+const DROPPED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "x-hookrelay-delivery-id",
+    "x-hookrelay-attempt",
+    "x-hookrelay-replay-of",
+];
+
+/// Runs one attempt of `entry` and books its outcome; the attempt slot is released at the end.
+pub(crate) async fn run(core: Rc<ShardCore>, endpoint_id: Rc<str>, entry: Entry) {
+    attempt(&core, &endpoint_id, entry).await;
+    core.attempts_running
+        .set(core.attempts_running.get().saturating_sub(1));
+    core.wake.notify_one();
+}
+
+async fn attempt(core: &Rc<ShardCore>, endpoint_id: &str, mut entry: Entry) {
+    let snapshot = core.node.meta().load();
+    let Some(endpoint) = snapshot.endpoints.get(endpoint_id).cloned() else {
+        core.finish_without_attempt(endpoint_id, entry, "endpoint_deleted").await;
+        return;
+    };
+    let record = match core
+        .log
+        .read(entry.ingest_offset)
+        .map_err(|e| e.to_string())
+        .and_then(|r| Ingested::decode(r.payload).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(reason) => {
+            // Corruption under a live delivery: say so loudly; it cannot be forwarded.
+            tracing::error!(shard = core.id, offset = entry.ingest_offset, %reason, "ingest record unreadable");
+            core.finish_without_attempt(endpoint_id, entry, "record_unreadable").await;
+            return;
+        }
+    };
+    let Ok(url) = endpoint.destination_url.parse::<http::Uri>() else {
+        // Validated at write time; a URL that no longer parses cannot be delivered to.
+        core.finish_without_attempt(endpoint_id, entry, "invalid_url").await;
+        return;
+    };
+    let n = entry.attempts + 1;
+    let started_ms = now_ms();
+    let request = AttemptRequest {
+        url,
+        headers: forward_headers(&record, &endpoint, n, started_ms),
+        body: record.body.clone(),
+        timeout: Duration::from_millis(endpoint.timeout_ms),
+    };
+    let result = core.client.send(request).await;
+    let outcome = classify(result.status, result.error.as_ref(), result.retry_after);
+    let now = now_ms();
+    let policy = &endpoint.retry;
+    let (status_after, next_due_ms) = match outcome {
+        Outcome::Success => (Status::Success, 0),
+        Outcome::Failed if policy.retry_client_errors_once && n == 1 && n < policy.max_attempts => {
+            (Status::Queued, now + policy.next_delay_ms(n, None, rand::random::<f64>()))
+        }
+        Outcome::Failed => (Status::Failed, 0),
+        Outcome::Retry { .. } if n >= policy.max_attempts => (Status::Exhausted, 0),
+        Outcome::Retry { retry_after } => (
+            Status::Queued,
+            now + policy.next_delay_ms(n, retry_after, rand::random::<f64>()),
+        ),
+    };
+    let error = (status_after != Status::Success)
+        .then(|| error_class(result.status, result.error.as_ref()));
+    let booked = Attempted {
+        seq: entry.seq,
+        n,
+        at_ms: started_ms,
+        status_code: result.status,
+        error,
+        latency_ms: result.latency.as_millis() as u64,
+        status_after,
+        next_due_ms,
+        prev_offset: entry.last_offset,
+    };
+    let done = match status_after {
+        Status::Success => Done::Success,
+        Status::Queued => Done::Retry { due_ms: next_due_ms },
+        Status::Failed | Status::Exhausted => Done::Final {
+            retryable_failure: matches!(outcome, Outcome::Retry { .. }),
+        },
+    };
+    core.book(endpoint_id, &mut entry, booked, done).await;
+}
+
+impl ShardCore {
+    /// Appends an attempt record, waits for it to be durable, then updates the state table and
+    /// the scheduler. On a log failure the outcome stays in memory only: the delivery will be
+    /// attempted again after restart (at least once, never lost).
+    pub(crate) async fn book(self: &Rc<Self>, endpoint_id: &str, entry: &mut Entry, booked: Attempted, done: Done) {
+        let status_after = booked.status_after;
+        let next_due_ms = booked.next_due_ms;
+        match self.log.append(TYPE_ATTEMPTED, booked.encode()).await {
+            Ok(offset) => {
+                entry.last_offset = offset;
+                entry.attempts = entry.attempts.max(booked.n);
+                let mut table = self.table.borrow_mut();
+                if let Some(mut slot) = table.get(entry.seq) {
+                    slot.last_offset = offset;
+                    slot.status = status_after;
+                    slot.attempts = u16::try_from(entry.attempts).unwrap_or(u16::MAX);
+                    slot.next_due_ms = next_due_ms;
+                    if let Err(e) = table.put(entry.seq, &slot) {
+                        tracing::error!(shard = self.id, seq = entry.seq, error = %e, "state table write failed");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(shard = self.id, seq = entry.seq, error = %e, "could not record an attempt");
+            }
+        }
+        self.sched.borrow_mut().done(endpoint_id, *entry, done, now_ms());
+        if matches!(status_after, Status::Failed | Status::Exhausted) {
+            self.queue_dead_letter(entry.seq);
+        }
+    }
+
+    /// Ends a delivery that can no longer be attempted (its endpoint is gone, its record is
+    /// unreadable) as `failed`, without counting an attempt (`n = 0` marks such a record).
+    pub(crate) async fn finish_without_attempt(self: &Rc<Self>, endpoint_id: &str, mut entry: Entry, reason: &str) {
+        let booked = Attempted {
+            seq: entry.seq,
+            n: 0,
+            at_ms: now_ms(),
+            status_code: None,
+            error: Some(reason.to_string()),
+            latency_ms: 0,
+            status_after: Status::Failed,
+            next_due_ms: 0,
+            prev_offset: entry.last_offset,
+        };
+        self.book(endpoint_id, &mut entry, booked, Done::Final { retryable_failure: false })
+            .await;
+    }
+
+    /// Queued deliveries of a deleted endpoint: they end failed (and so land in the DLQ).
+    pub(crate) fn finish_orphan(self: &Rc<Self>, endpoint_id: &str, entry: Entry) {
+        // The scheduler handed the entry out of its ready queue without counting it in flight;
+        // count it now so that `done` balances.
+        self.sched.borrow_mut().count_in_flight(endpoint_id);
+        let core = self.clone();
+        let endpoint_id = endpoint_id.to_string();
+        tokio::task::spawn_local(async move {
+            core.finish_without_attempt(&endpoint_id, entry, "endpoint_deleted")
+                .await;
+        });
+    }
+}
+
+/// The headers sent to the receiver: the sender's (minus [`DROPPED_HEADERS`]) plus HookRelay's
+/// Standard Webhooks signature and `X-HookRelay-*` headers.
+fn forward_headers(record: &Ingested, endpoint: &Endpoint, n: u32, now_ms: u64) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = record
+        .headers
+        .iter()
+        .filter(|(name, _)| !DROPPED_HEADERS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), value.to_vec()))
+        .collect();
+    let timestamp = (now_ms / 1000) as i64;
+    let secrets = endpoint.signing_secrets(now_ms);
+    let signature = signing::sign(&secrets, &record.delivery_id, timestamp, &record.body);
+    out.push(("webhook-id".into(), record.delivery_id.clone().into_bytes()));
+    out.push(("webhook-timestamp".into(), timestamp.to_string().into_bytes()));
+    out.push(("webhook-signature".into(), signature.into_bytes()));
+    out.push((
+        "x-hookrelay-delivery-id".into(),
+        record.delivery_id.clone().into_bytes(),
+    ));
+    out.push(("x-hookrelay-attempt".into(), n.to_string().into_bytes()));
+    if let Some(original) = &record.replay_of {
+        out.push(("x-hookrelay-replay-of".into(), original.clone().into_bytes()));
+    }
+    out
+}

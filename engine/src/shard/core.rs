@@ -1,0 +1,282 @@
+//! The shard's state and its event loop.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::delivery::client::{ClientOptions, DeliveryClient};
+use crate::dlq::local::LocalDlq;
+use crate::idempotency::{IdempotencyIndex, IndexOptions};
+use crate::ids::now_ms;
+use crate::node::Node;
+use crate::shard::scheduler::{Entry, Limits, Scheduler};
+use crate::state_table::StateTable;
+
+/// Most attempts one pass of the event loop starts, so the loop yields regularly.
+const DISPATCH_BATCH_MAX: usize = 1024;
+/// Longest the event loop sleeps without looking at the clock (clock jumps, refills).
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("shard {shard} log: {source}")]
+    Log {
+        shard: usize,
+        source: hookrelay_log::Error,
+    },
+    #[error("shard {shard} idempotency index: {reason}")]
+    Index { shard: usize, reason: String },
+    #[error("shard {shard} state table: {reason}")]
+    Table { shard: usize, reason: String },
+    #[error("shard {shard}: record at offset {offset} is unreadable: {reason}")]
+    Record {
+        shard: usize,
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// Everything one shard owns. Lives in an `Rc` on its thread.
+pub struct ShardCore {
+    pub(crate) id: usize,
+    pub(crate) node: Node,
+    pub(crate) log: hookrelay_log::Log,
+    pub(crate) idem: RefCell<IdempotencyIndex>,
+    pub(crate) table: RefCell<StateTable>,
+    pub(crate) sched: RefCell<Scheduler>,
+    pub(crate) next_seq: Cell<u64>,
+    pub(crate) client: DeliveryClient,
+    pub(crate) dlq: Arc<LocalDlq>,
+    pub(crate) wake: Notify,
+    /// Sequence numbers of final deliveries whose DLQ object is not stored yet.
+    pub(crate) to_dead_letter: RefCell<VecDeque<u64>>,
+    pub(crate) dead_letter_running: Cell<bool>,
+    pub(crate) attempts_running: Cell<usize>,
+}
+
+impl ShardCore {
+    /// Opens the shard's storage and rebuilds its state from the log.
+    pub async fn open(id: usize, node: Node) -> Result<Rc<ShardCore>, Error> {
+        let cfg = node.config().clone();
+        let dir = cfg.data_dir.join("shards").join(format!("{id:03}"));
+        let mut opts = hookrelay_log::Options::new(dir.join("log"));
+        opts.io = cfg.log_io;
+        opts.segment_bytes_max = cfg.segment_bytes_max;
+        opts.segment_age_max = cfg.segment_age_max;
+        opts.batch_bytes_max = cfg.batch_bytes_max;
+        opts.batch_linger = cfg.batch_linger;
+        opts.frame_bytes_max = cfg.frame_bytes_max;
+        let (log, recovered) = hookrelay_log::Log::open(opts)
+            .await
+            .map_err(|source| Error::Log { shard: id, source })?;
+        tracing::info!(
+            shard = id,
+            io = ?recovered.io,
+            segments = recovered.segments,
+            records = recovered.records,
+            truncated_bytes = recovered.truncated_bytes,
+            "log opened"
+        );
+        if recovered.truncated_bytes > 0 {
+            tracing::warn!(shard = id, bytes = recovered.truncated_bytes, "cut a torn log tail");
+        }
+        let idem = IdempotencyIndex::open(
+            &dir.join("idempotency"),
+            IndexOptions {
+                ttl_ms: cfg.idempotency_ttl.as_millis() as u64,
+                ..IndexOptions::default()
+            },
+        )
+        .map_err(|e| Error::Index {
+            shard: id,
+            reason: e.to_string(),
+        })?;
+        let table = StateTable::open(&dir.join("state.tbl")).map_err(|e| Error::Table {
+            shard: id,
+            reason: e.to_string(),
+        })?;
+        let now = now_ms();
+        let core = Rc::new(ShardCore {
+            id,
+            log,
+            idem: RefCell::new(idem),
+            table: RefCell::new(table),
+            sched: RefCell::new(Scheduler::new(
+                now,
+                cfg.queue_in_memory_per_endpoint,
+                cfg.circuit_failures_to_open,
+                cfg.circuit_probe_interval.as_millis() as u64,
+            )),
+            next_seq: Cell::new(0),
+            client: DeliveryClient::new(ClientOptions {
+                allow_private_destinations: cfg.allow_private_destinations,
+                pool_idle_per_host: cfg.pool_idle_per_host,
+                connect_timeout: cfg.connect_timeout,
+                ..ClientOptions::default()
+            }),
+            dlq: Arc::new(LocalDlq::new(cfg.data_dir.join("dlq"))),
+            wake: Notify::new(),
+            to_dead_letter: RefCell::new(VecDeque::new()),
+            dead_letter_running: Cell::new(false),
+            attempts_running: Cell::new(0),
+            node,
+        });
+        core.recover().await?;
+        Ok(core)
+    }
+
+    pub(crate) fn shard_error(&self, offset: u64, reason: impl ToString) -> Error {
+        Error::Record {
+            shard: self.id,
+            offset,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The event loop: timers, dispatch, refills, until shutdown; then drain and close.
+    pub async fn run(self: &Rc<Self>) -> Result<(), Error> {
+        let mut shutdown = self.node.shutdown_signal();
+        let mut meta_changes = self.node.meta().subscribe();
+        let mut out = Vec::new();
+        let mut orphans = Vec::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let now = now_ms();
+            self.refill_overflowed(now);
+            let slots = self
+                .node
+                .config()
+                .max_in_flight_per_shard
+                .saturating_sub(self.attempts_running.get())
+                .min(DISPATCH_BATCH_MAX);
+            {
+                let snapshot = self.node.meta().load();
+                let mut sched = self.sched.borrow_mut();
+                sched.advance(now);
+                sched.take_dispatchable(
+                    now,
+                    slots,
+                    |id| {
+                        snapshot.endpoints.get(id).map(|e| Limits {
+                            max_in_flight: e.max_in_flight,
+                            rate_limit_per_s: e.rate_limit_per_s,
+                            paused: e.paused,
+                        })
+                    },
+                    &mut out,
+                    &mut orphans,
+                );
+            }
+            for (endpoint, entry) in out.drain(..) {
+                self.attempts_running.set(self.attempts_running.get() + 1);
+                tokio::task::spawn_local(super::attempt::run(self.clone(), endpoint, entry));
+            }
+            for (endpoint, entry) in orphans.drain(..) {
+                self.finish_orphan(&endpoint, entry);
+            }
+            let sleep_for = match self.sched.borrow().next_wake_ms() {
+                Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_TICK),
+                None => IDLE_TICK,
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep_for) => {}
+                changed = meta_changes.changed() => {
+                    if changed.is_ok() {
+                        self.sched.borrow_mut().mark_all_dirty();
+                    }
+                }
+                _ = shutdown.changed() => {}
+            }
+        }
+        self.drain().await;
+        Ok(())
+    }
+
+    /// Graceful stop: let running attempts finish (their outcome is logged), bounded by the
+    /// shutdown timeout; everything else is already durable in the log and resumes on restart.
+    async fn drain(self: &Rc<Self>) {
+        let deadline = tokio::time::Instant::now() + self.node.config().shutdown_timeout;
+        while self.attempts_running.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(e) = self.idem.borrow_mut().checkpoint(self.log.durable_offset()) {
+            tracing::warn!(shard = self.id, error = %e, "idempotency checkpoint failed");
+        }
+        if let Err(e) = self.table.borrow().flush() {
+            tracing::warn!(shard = self.id, error = %e, "state table flush failed");
+        }
+        if let Err(e) = self.log.close().await {
+            tracing::error!(shard = self.id, error = %e, "closing the log failed");
+        }
+        tracing::info!(shard = self.id, "shard stopped");
+    }
+
+    /// Refills queues that overflowed into the log and have room again.
+    fn refill_overflowed(self: &Rc<Self>, now: u64) {
+        let wants = self.sched.borrow().wants_refill();
+        for (endpoint, from) in wants {
+            let room = self.sched.borrow().room(&endpoint);
+            let next = self.scan_queued(&endpoint, from, room, now);
+            self.sched.borrow_mut().set_overflow(&endpoint, next);
+        }
+    }
+
+    /// Scans the state table from `from` for queued deliveries of `endpoint`, admitting up to
+    /// `room` of them; returns where the next scan should start, or `None` when none are left.
+    pub(crate) fn scan_queued(&self, endpoint: &str, from: u64, room: usize, now: u64) -> Option<u64> {
+        /// Slots examined per refill, so one refill cannot stall the shard.
+        const SCAN_SLOTS_MAX: u64 = 1 << 18;
+        let end = self.next_seq.get();
+        let tag = endpoint_tag(endpoint);
+        let mut admitted = 0;
+        let mut seq = from;
+        while seq < end {
+            if admitted >= room || seq - from >= SCAN_SLOTS_MAX {
+                return Some(seq);
+            }
+            let slot = self.table.borrow().get(seq);
+            if let Some(slot) = slot
+                && slot.status == crate::record::Status::Queued
+                && slot.endpoint_tag == tag
+                && self.endpoint_of(slot.ingest_offset).as_deref() == Some(endpoint)
+            {
+                let entry = Entry {
+                    seq,
+                    ingest_offset: slot.ingest_offset,
+                    last_offset: slot.last_offset,
+                    attempts: u32::from(slot.attempts),
+                };
+                let due = (slot.next_due_ms > 0).then_some(slot.next_due_ms);
+                self.sched.borrow_mut().admit_refilled(endpoint, entry, due, now);
+                admitted += 1;
+            }
+            seq += 1;
+        }
+        None
+    }
+
+    /// The endpoint id of the delivery ingested at `offset`.
+    pub(crate) fn endpoint_of(&self, offset: u64) -> Option<String> {
+        let rec = self.log.read(offset).ok()?;
+        crate::record::Ingested::decode(rec.payload)
+            .ok()
+            .map(|i| i.endpoint_id)
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.log.is_poisoned()
+    }
+}
+
+/// A 32-bit tag of an endpoint id, kept in state-table slots so a refill scan can skip other
+/// endpoints' deliveries without reading the log (a match is confirmed by reading the record).
+pub(crate) fn endpoint_tag(endpoint_id: &str) -> u32 {
+    crc32fast::hash(endpoint_id.as_bytes())
+}

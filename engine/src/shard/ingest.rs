@@ -1,0 +1,138 @@
+//! The hot path: an ingest request becomes a durable record, then a queued delivery.
+
+use std::rc::Rc;
+
+use crate::ids;
+use crate::idempotency::{Hit, body_hash};
+use crate::record::{Ingested, Status, TYPE_INGESTED};
+use crate::shard::core::{ShardCore, endpoint_tag};
+use crate::shard::scheduler::Entry;
+use crate::shard::{IngestError, IngestOk, IngestRequest};
+use crate::state_table::Slot;
+
+impl ShardCore {
+    /// Dedupes, appends and waits for the fsync; the delivery is scheduled only once durable.
+    pub async fn ingest(self: &Rc<Self>, req: IngestRequest) -> Result<IngestOk, IngestError> {
+        if self.node.is_stopping() {
+            return Err(IngestError::Unavailable("shutting down".into()));
+        }
+        if self.is_poisoned() {
+            return Err(IngestError::Unavailable(
+                "the shard's log stopped taking writes after a disk error".into(),
+            ));
+        }
+        let hash = body_hash(&req.body);
+        let hit = self
+            .idem
+            .borrow()
+            .lookup(&req.endpoint_id, &req.idempotency_key, req.received_at_ms);
+        if let Some(hit) = hit
+            && let Some(answer) = self.confirm_duplicate(&req, hit, hash).await?
+        {
+            return answer;
+        }
+
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        let delivery_id = ids::delivery_id(req.received_at_ms, self.id, seq);
+        let record = Ingested {
+            seq,
+            delivery_id: delivery_id.clone(),
+            tenant_id: req.tenant_id,
+            endpoint_id: req.endpoint_id,
+            received_at_ms: req.received_at_ms,
+            idempotency_key: req.idempotency_key,
+            body_hash: hash,
+            replay_of: req.replay_of,
+            headers: req.headers,
+            body: req.body,
+        };
+        let offset = self
+            .log
+            .append_nowait(TYPE_INGESTED, record.encode())
+            .map_err(|e| IngestError::Unavailable(format!("log append failed: {e}")))?;
+        // Indexed before the fsync so that a concurrent duplicate finds it and waits for the
+        // same fsync; a lookup always confirms against the log, so an entry whose record never
+        // became durable is harmless.
+        if let Err(e) = self.idem.borrow_mut().insert(
+            &record.endpoint_id,
+            &record.idempotency_key,
+            hash,
+            offset,
+            record.received_at_ms,
+        ) {
+            tracing::error!(shard = self.id, error = %e, "idempotency index insert failed");
+        }
+        let slot = Slot {
+            ingest_offset: offset,
+            last_offset: offset,
+            next_due_ms: 0,
+            status: Status::Queued,
+            flags: 0,
+            attempts: 0,
+            endpoint_tag: endpoint_tag(&record.endpoint_id),
+        };
+        if let Err(e) = self.table.borrow_mut().put(seq, &slot) {
+            tracing::error!(shard = self.id, seq, error = %e, "state table write failed");
+        }
+        self.log.wait_durable(offset).await.map_err(|e| {
+            self.node.mark_poisoned_once(self.id);
+            IngestError::Unavailable(format!("fsync failed: {e}"))
+        })?;
+        let entry = Entry {
+            seq,
+            ingest_offset: offset,
+            last_offset: offset,
+            attempts: 0,
+        };
+        self.sched
+            .borrow_mut()
+            .admit(&record.endpoint_id, entry, None, ids::now_ms());
+        self.wake.notify_one();
+        Ok(IngestOk::Accepted { delivery_id })
+    }
+
+    /// Confirms an index hit against the log. `Ok(None)`: not a duplicate after all (a stale or
+    /// colliding index entry). `Ok(Some(answer))`: the answer to give.
+    async fn confirm_duplicate(
+        &self,
+        req: &IngestRequest,
+        hit: Hit,
+        hash: u64,
+    ) -> Result<Option<Result<IngestOk, IngestError>>, IngestError> {
+        if hit.offset < self.log.first_offset() || hit.offset >= self.log.next_offset() {
+            return Ok(None);
+        }
+        // The first request may still be waiting for its fsync: a duplicate must not be
+        // answered 200 before the original is durable.
+        self.log
+            .wait_durable(hit.offset)
+            .await
+            .map_err(|e| IngestError::Unavailable(format!("fsync failed: {e}")))?;
+        let Ok(rec) = self.log.read(hit.offset) else {
+            return Ok(None);
+        };
+        if rec.record_type != TYPE_INGESTED {
+            return Ok(None);
+        }
+        let Ok(first) = Ingested::decode(rec.payload) else {
+            return Ok(None);
+        };
+        if first.endpoint_id != req.endpoint_id || first.idempotency_key != req.idempotency_key {
+            return Ok(None);
+        }
+        if first.body_hash != hash {
+            return Ok(Some(Err(IngestError::KeyReused)));
+        }
+        let status = self
+            .table
+            .borrow()
+            .get(first.seq)
+            .map(|s| s.status)
+            .unwrap_or(Status::Queued);
+        Ok(Some(Ok(IngestOk::Duplicate {
+            delivery_id: first.delivery_id,
+            status,
+        })))
+    }
+}

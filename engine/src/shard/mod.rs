@@ -1,0 +1,173 @@
+//! A shard: one thread, one single-threaded runtime, and everything it owns — its log, its
+//! idempotency index, its state table, its scheduler with the timer wheel, and its delivery
+//! client. Architecture Invariant: only the owning thread touches a shard's state; other
+//! threads talk to it through [`ShardMsg`]s on its bounded inbox.
+//!
+//! Read first: [`ShardCtx`] (what the HTTP layer calls), [`core::ShardCore`] (the state),
+//! `ingest.rs` (the hot path), `attempt.rs` (delivery), `recovery.rs` (start-up).
+
+mod attempt;
+mod core;
+mod dead_letter;
+mod ingest;
+mod query;
+mod recovery;
+pub mod scheduler;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ids::{parse_delivery_id, shard_of};
+use crate::node::Node;
+use crate::record::Status;
+
+pub use self::core::ShardCore;
+pub use query::DeliveryDetail;
+
+/// An ingest request that passed the HTTP-level checks (endpoint exists, size, source IP,
+/// signature): what the owning shard needs to make it durable.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    pub endpoint_id: String,
+    pub tenant_id: String,
+    pub headers: Vec<(String, Bytes)>,
+    pub body: Bytes,
+    pub idempotency_key: String,
+    pub received_at_ms: u64,
+    pub replay_of: Option<String>,
+}
+
+/// A successful ingest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngestOk {
+    /// Made durable now.
+    Accepted { delivery_id: String },
+    /// The idempotency key was seen with the same body: the first delivery.
+    Duplicate { delivery_id: String, status: Status },
+}
+
+/// Why ingest did not ACK.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    #[error("the idempotency key was used before with a different body")]
+    KeyReused,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Messages between shards. Every reply travels on a oneshot.
+pub enum ShardMsg {
+    Ingest(IngestRequest, oneshot::Sender<Result<IngestOk, IngestError>>),
+    Delivery {
+        seq: u64,
+        delivery_id: String,
+        reply: oneshot::Sender<Option<DeliveryDetail>>,
+    },
+}
+
+/// What the HTTP layer of one shard thread holds: the node, and this thread's shard once
+/// recovery has finished. Calls on it route to the owning shard.
+pub struct ShardCtx {
+    pub id: usize,
+    pub node: Node,
+    core: RefCell<Option<Rc<ShardCore>>>,
+}
+
+impl ShardCtx {
+    pub fn new(id: usize, node: Node) -> Rc<ShardCtx> {
+        Rc::new(ShardCtx {
+            id,
+            node,
+            core: RefCell::new(None),
+        })
+    }
+
+    pub(crate) fn set_core(&self, core: Rc<ShardCore>) {
+        *self.core.borrow_mut() = Some(core);
+    }
+
+    fn local(&self) -> Option<Rc<ShardCore>> {
+        self.core.borrow().clone()
+    }
+
+    /// Makes a delivery durable on the shard that owns its endpoint, or answers why not.
+    pub async fn ingest(&self, req: IngestRequest) -> Result<IngestOk, IngestError> {
+        let owner = shard_of(&req.endpoint_id, self.node.shards());
+        if owner == self.id {
+            let core = self
+                .local()
+                .ok_or_else(|| IngestError::Unavailable("shard is recovering".into()))?;
+            return core.ingest(req).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.node
+            .inbox(owner)
+            .try_send(ShardMsg::Ingest(req, tx))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    IngestError::Unavailable("shard inbox is full".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    IngestError::Unavailable("shard is stopped".into())
+                }
+            })?;
+        rx.await
+            .unwrap_or_else(|_| Err(IngestError::Unavailable("shard dropped the request".into())))
+    }
+
+    /// A delivery's detail from whichever shard owns it; `None` when unknown.
+    pub async fn delivery(&self, delivery_id: &str) -> Option<DeliveryDetail> {
+        let loc = parse_delivery_id(delivery_id)?;
+        if loc.shard >= self.node.shards() {
+            return None;
+        }
+        if loc.shard == self.id {
+            return self.local()?.delivery(loc.seq, delivery_id);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.node
+            .inbox(loc.shard)
+            .send(ShardMsg::Delivery {
+                seq: loc.seq,
+                delivery_id: delivery_id.to_string(),
+                reply: tx,
+            })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
+/// Runs shard `ctx.id` on the current thread's runtime until the node shuts down: recovery,
+/// then the inbox and the delivery loop. Must run inside `tokio_uring::start` (or a current-
+/// thread runtime with a `LocalSet` when the log uses the portable backend).
+pub async fn run(ctx: Rc<ShardCtx>, inbox: mpsc::Receiver<ShardMsg>) -> Result<(), core::Error> {
+    let core = ShardCore::open(ctx.id, ctx.node.clone()).await?;
+    ctx.set_core(core.clone());
+    ctx.node.mark_ready();
+    tokio::task::spawn_local(serve_inbox(core.clone(), inbox));
+    core.run().await
+}
+
+async fn serve_inbox(core: Rc<ShardCore>, mut inbox: mpsc::Receiver<ShardMsg>) {
+    while let Some(msg) = inbox.recv().await {
+        match msg {
+            ShardMsg::Ingest(req, reply) => {
+                let core = core.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = reply.send(core.ingest(req).await);
+                });
+            }
+            ShardMsg::Delivery {
+                seq,
+                delivery_id,
+                reply,
+            } => {
+                let _ = reply.send(core.delivery(seq, &delivery_id));
+            }
+        }
+    }
+}
