@@ -1,1 +1,57 @@
-fn main() {}
+//! The `hookrelay` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use hookrelay_api::cli::{Cli, Command};
+use hookrelay_api::config::{Config, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (Command::Serve(common) | Command::CheckConfig(common) | Command::Promote(common)) = &cli.command;
+    let config = match Config::load(common.config.as_deref(), std::env::vars(), &common.overrides()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hookrelay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig(_) => {
+            match toml::to_string_pretty(&config) {
+                Ok(s) => print!("{s}"),
+                Err(e) => {
+                    eprintln!("hookrelay: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Promote(_) => {
+            eprintln!("hookrelay: replication is not available in this build; there is no replica to promote");
+            ExitCode::from(2)
+        }
+        Command::Serve(_) => {
+            init_tracing(&config);
+            match hookrelay_api::serve::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "hookrelay stopped");
+                    eprintln!("hookrelay: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// Structured logs on stderr (stdout carries only the one-time `root key:` line).
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.observability.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.observability.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

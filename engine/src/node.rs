@@ -107,7 +107,7 @@ impl Node {
             path: dir.clone(),
             source,
         })?;
-        let marker = dir.join("shards");
+        let marker = dir.join("shard_count");
         match std::fs::read_to_string(&marker) {
             Ok(s) => {
                 let recorded: usize = s.trim().parse().map_err(|_| {

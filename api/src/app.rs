@@ -1,0 +1,102 @@
+//! The HTTP application of one shard thread: the per-connection service and the router.
+//! Architecture Invariant: handlers never touch the log or a shard's state directly; they call
+//! [`hookrelay_engine::shard::ShardCtx`] (data plane) and [`hookrelay_engine::meta::Meta`]
+//! (control plane).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+
+use hookrelay_engine::shard::ShardCtx;
+
+use crate::config::Config;
+use crate::problem::{Code, Problem};
+use crate::routes;
+
+/// Most request headers accepted on any route (hyper's parser limit).
+pub const REQUEST_HEADERS_MAX: usize = 100;
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// What every handler on this thread can reach.
+pub struct App {
+    pub shard: Rc<ShardCtx>,
+    pub config: Arc<Config>,
+    /// Base of absolute URLs the API hands out (`ingest_url`).
+    pub public_url: String,
+}
+
+/// Accepts connections on this thread's listener until shutdown.
+pub async fn serve(listener: std::net::TcpListener, app: Rc<App>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the listener");
+            return;
+        }
+    };
+    let mut shutdown = app.shard.node.shutdown_signal();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::task::spawn_local(serve_connection(stream, peer, app.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, app: Rc<App>) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(route(&app, peer, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(REQUEST_HEADERS_MAX)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
+}
+
+/// Dispatches a request to its handler by method and path.
+pub async fn route(app: &Rc<App>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&Method::POST, ["ingest", endpoint_id]) => {
+            routes::ingest::ingest(app, peer, endpoint_id, req).await
+        }
+        (&Method::GET, ["healthz"]) => routes::health::healthz(),
+        (&Method::GET, ["readyz"]) => routes::health::readyz(app),
+        (_, ["v1", ..]) => routes::v1(app, peer, method, &segments[1..], req).await,
+        (_, ["ingest", _]) | (_, ["healthz"]) | (_, ["readyz"]) => {
+            Problem::new(Code::MethodNotAllowed, format!("{method} is not allowed on {path}"))
+                .into_response()
+        }
+        _ => Problem::new(Code::NotFound, format!("no route for {path}")).into_response(),
+    }
+}

@@ -1,0 +1,66 @@
+//! Reading request bodies within limits, and JSON bodies with the contract's errors.
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+
+use crate::problem::{Code, Problem};
+
+/// Largest management API request body.
+pub const MANAGEMENT_BODY_BYTES_MAX: usize = 1 << 20;
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge,
+    /// The client went away or sent a malformed body.
+    Broken(String),
+}
+
+/// Reads the whole body, refusing (without buffering further) once it passes `max` bytes. On
+/// `TooLarge` the rest of the body is still in `body`, for the caller to drain.
+pub async fn read_limited(body: &mut Incoming, max: usize) -> Result<Bytes, BodyError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads and parses a JSON management body: syntax errors are 400 `invalid_json`, a body of
+/// the wrong shape is 422 `validation_failed`, an oversized one 413.
+pub async fn read_json<T: DeserializeOwned>(body: &mut Incoming) -> Result<T, Problem> {
+    let bytes = match read_limited(body, MANAGEMENT_BODY_BYTES_MAX).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return Err(Problem::new(
+                Code::PayloadTooLarge,
+                format!("management request bodies are limited to {MANAGEMENT_BODY_BYTES_MAX} bytes"),
+            ));
+        }
+        Err(BodyError::Broken(e)) => {
+            return Err(Problem::new(Code::InvalidJson, format!("could not read the body: {e}")));
+        }
+    };
+    parse_json(&bytes)
+}
+
+/// Parses JSON with the error mapping of [`read_json`].
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        bytes
+    };
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Problem::new(Code::ValidationFailed, e.to_string()),
+        _ => Problem::new(Code::InvalidJson, format!("malformed JSON: {e}")),
+    })
+}

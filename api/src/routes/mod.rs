@@ -1,0 +1,53 @@
+//! One file per resource. [`v1`] authenticates and dispatches the management API.
+
+pub mod deliveries;
+pub mod endpoints;
+pub mod health;
+pub mod ingest;
+pub mod tenants;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+
+use crate::app::{App, HttpResponse};
+use crate::auth::authenticate;
+use crate::problem::{Code, Problem};
+
+/// `/v1/...`: every route needs an API key.
+pub async fn v1(
+    app: &Rc<App>,
+    _peer: SocketAddr,
+    method: Method,
+    path: &[&str],
+    req: Request<Incoming>,
+) -> HttpResponse {
+    let snapshot = app.shard.node.meta().load();
+    let caller = match authenticate(req.headers(), &snapshot) {
+        Ok(c) => c,
+        Err(p) => return p.into_response(),
+    };
+    let result = match (&method, path) {
+        (&Method::POST, ["tenants"]) => tenants::create(app, &caller, req).await,
+        (&Method::GET, ["tenants", id]) => tenants::get(&snapshot, &caller, id),
+        (&Method::POST, ["endpoints"]) => endpoints::create(app, &caller, req).await,
+        (&Method::GET, ["endpoints"]) => endpoints::list(app, &snapshot, &caller, &req),
+        (&Method::GET, ["endpoints", id]) => endpoints::get(app, &snapshot, &caller, id),
+        (&Method::PATCH, ["endpoints", id]) => endpoints::patch(app, &caller, id, req).await,
+        (&Method::DELETE, ["endpoints", id]) => endpoints::delete(app, &caller, id).await,
+        (&Method::POST, ["endpoints", id, "pause"]) => endpoints::set_paused(app, &caller, id, true).await,
+        (&Method::POST, ["endpoints", id, "resume"]) => endpoints::set_paused(app, &caller, id, false).await,
+        (&Method::POST, ["endpoints", id, "rotate-secret"]) => endpoints::rotate(app, &caller, id, req).await,
+        (&Method::GET, ["deliveries", id]) => deliveries::get(app, &caller, id).await,
+        _ => Err(Problem::new(Code::NotFound, format!("no route for {method} /v1/{}", path.join("/")))),
+    };
+    result.unwrap_or_else(Problem::into_response)
+}
+
+/// Maps a metadata write failure to 503: the change was not made.
+pub fn meta_unavailable(e: hookrelay_engine::meta::MetaError) -> Problem {
+    tracing::error!(error = %e, "metadata write failed");
+    Problem::new(Code::Unavailable, format!("metadata write failed: {e}"))
+}

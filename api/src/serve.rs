@@ -1,0 +1,212 @@
+//! `hookrelay serve`: open the node, bootstrap the operator key, start one thread per shard
+//! (each pinned to a core, with its own runtime and its own SO_REUSEPORT listener), and stop
+//! gracefully on SIGTERM/SIGINT.
+//!
+//! Runtime choice (see README "Design"): each shard thread runs `tokio_uring` — a tokio
+//! current-thread runtime with an io_uring driver — so hyper runs natively on `tokio::net`
+//! while the log writes through io_uring. When io_uring is unavailable (container seccomp
+//! profiles, `kernel.io_uring_disabled`, memlock limits) or `log.io = "portable"`, the thread
+//! runs a plain current-thread runtime with a `LocalSet` and the log uses pwrite + fdatasync on
+//! the blocking pool. The choice is logged per shard.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hookrelay_engine::clock::{now_ms, rfc3339_ms};
+use hookrelay_engine::meta::{ApiKey, MetaOp, Role, hash_key};
+use hookrelay_engine::node::{EngineConfig, Node};
+use hookrelay_engine::shard::{self, ShardCtx, ShardMsg};
+use tokio::sync::mpsc;
+
+use crate::app::{self, App};
+use crate::auth::generate_key;
+use crate::config::{Config, LogIo};
+use crate::listener::bind_reuseport;
+
+/// Listen backlog of each shard's socket.
+const LISTEN_BACKLOG: i32 = 4096;
+/// Exit deadline after SIGTERM (the contract's 30 s, with room for the process to exit).
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(29);
+
+/// The engine's view of the configuration.
+pub fn engine_config(config: &Config) -> EngineConfig {
+    let mut e = EngineConfig::new(&config.server.data_dir, config.effective_shards());
+    e.log_io = match config.log.io {
+        LogIo::Auto => hookrelay_log::IoMode::Auto,
+        LogIo::Uring => hookrelay_log::IoMode::Uring,
+        LogIo::Portable => hookrelay_log::IoMode::Portable,
+    };
+    e.segment_bytes_max = config.log.segment_bytes_max;
+    e.segment_age_max = Duration::from_millis(config.log.segment_age_max_ms);
+    e.batch_bytes_max = config.log.batch_bytes_max as usize;
+    e.batch_linger = Duration::from_micros(config.log.batch_linger_us);
+    e.allow_private_destinations = config.delivery.allow_private_destinations;
+    e.connect_timeout = Duration::from_millis(config.delivery.connect_timeout_ms);
+    e.pool_idle_per_host = config.delivery.pool_idle_per_host as usize;
+    e.max_in_flight_per_shard = config.delivery.max_in_flight_per_shard as usize;
+    e.queue_in_memory_per_endpoint = config.delivery.queue_in_memory_per_endpoint as usize;
+    e.circuit_failures_to_open = config.delivery.circuit_failures_to_open as u32;
+    e.circuit_probe_interval = Duration::from_millis(config.delivery.circuit_probe_interval_ms);
+    e.idempotency_ttl = Duration::from_secs(u64::from(config.retention.idempotency_days as u32) * 86_400);
+    e.shutdown_timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
+    e
+}
+
+/// Runs the service until a signal stops it.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    let node = Node::open(engine_config(&config)).context("opening the data dir")?;
+    bootstrap_root_key(&node)?;
+    let listen: SocketAddr = config.server.listen;
+    let public_url = config
+        .server
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{listen}"));
+    let config = Arc::new(config);
+    let shards = node.shards();
+    // Bind every listener before starting threads, so a taken port fails start-up cleanly.
+    let mut listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        listeners.push(bind_reuseport(listen, LISTEN_BACKLOG).with_context(|| format!("binding {listen}"))?);
+    }
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads = Vec::with_capacity(shards);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let inbox = node.take_inbox(i).context("shard inbox taken twice")?;
+        let (node, config, public_url) = (node.clone(), config.clone(), public_url.clone());
+        let core = cores.get(i % cores.len().max(1)).copied();
+        let handle = std::thread::Builder::new()
+            .name(format!("shard-{i}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                run_shard_thread(i, node, config, public_url, listener, inbox)
+            })
+            .context("spawning a shard thread")?;
+        threads.push(handle);
+    }
+    tracing::info!(%listen, shards, data_dir = %node.config().data_dir.display(), "hookrelay serving");
+
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the signal runtime")?;
+    signals.block_on(wait_for_signal(&node));
+    tracing::info!("shutting down");
+    node.shutdown();
+    let deadline = std::time::Instant::now() + SHUTDOWN_DEADLINE;
+    let mut failed = false;
+    for t in threads {
+        while !t.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !t.is_finished() {
+            tracing::error!("a shard did not stop within the shutdown deadline");
+            std::process::exit(1);
+        }
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "shard failed");
+                failed = true;
+            }
+            Err(_) => failed = true,
+        }
+    }
+    if failed {
+        anyhow::bail!("a shard stopped with an error");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn wait_for_signal(node: &Node) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    let mut shutdown = node.shutdown_signal();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// Creates the operator key on first start: `HOOKRELAY_ROOT_KEY`, or a generated key printed
+/// once to stdout as `root key: hr_root_...`.
+fn bootstrap_root_key(node: &Node) -> anyhow::Result<()> {
+    let snapshot = node.meta().load();
+    if snapshot.api_keys.values().any(|k| k.role == Role::Root) {
+        return Ok(());
+    }
+    let (key, generated) = match std::env::var("HOOKRELAY_ROOT_KEY") {
+        Ok(k) if !k.trim().is_empty() => (k.trim().to_string(), false),
+        _ => (generate_key(Role::Root), true),
+    };
+    if !key.starts_with("hr_") {
+        anyhow::bail!("HOOKRELAY_ROOT_KEY must look like hr_root_<random>");
+    }
+    let record = ApiKey {
+        id: "ak_root".into(),
+        tenant_id: None,
+        role: Role::Root,
+        name: "operator".into(),
+        hash: hash_key(&key),
+        prefix: key.chars().take(12).collect(),
+        created_at: rfc3339_ms(now_ms()),
+    };
+    node.meta()
+        .apply_blocking(&[MetaOp::PutApiKey(record)])
+        .context("storing the operator key")?;
+    if generated {
+        println!("root key: {key}");
+    }
+    Ok(())
+}
+
+/// One shard thread: a tokio_uring runtime when io_uring works, else a plain one.
+fn run_shard_thread(
+    i: usize,
+    node: Node,
+    config: Arc<Config>,
+    public_url: String,
+    listener: std::net::TcpListener,
+    inbox: mpsc::Receiver<ShardMsg>,
+) -> anyhow::Result<()> {
+    let want_uring = !matches!(config.log.io, LogIo::Portable);
+    let body = async move {
+        let ctx = ShardCtx::new(i, node.clone());
+        let app = Rc::new(App {
+            shard: ctx.clone(),
+            config,
+            public_url,
+        });
+        tokio::task::spawn_local(app::serve(listener, app));
+        let result = shard::run(ctx, inbox).await;
+        if let Err(e) = &result {
+            tracing::error!(shard = i, error = %e, "shard failed; stopping the node");
+            node.shutdown();
+        }
+        result.map_err(anyhow::Error::from)
+    };
+    if want_uring {
+        match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+            Ok(rt) => return rt.block_on(body),
+            Err(e) => tracing::warn!(shard = i, error = %e, "io_uring unavailable; using the portable runtime"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the shard runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, body)
+}
