@@ -146,7 +146,7 @@ impl RetryPolicy {
     ///
     /// A `retry_after` replaces the computed backoff (no jitter: the receiver asked for a moment)
     /// and is capped by `max_delay_ms`. The caller decides which answers' `Retry-After` count
-    /// (the contract: 429 and 503) and parses it with [`parse_retry_after`].
+    /// (the contract: 429 and 503) and parses it with [`crate::delivery::classify::parse_retry_after`].
     pub fn next_delay_ms(
         &self,
         failed_attempt_n: u32,
@@ -183,25 +183,6 @@ impl RetryPolicy {
     }
 }
 
-/// Parses a `Retry-After` header value: delta-seconds (`"120"`) or an HTTP-date
-/// (`"Wed, 21 Oct 2015 07:28:00 GMT"`, RFC 9110 §10.2.3), relative to `now`.
-///
-/// A date in the past means "now" (`Duration::ZERO`). A delta too large for `u64` saturates. Values
-/// that are empty, negative, fractional, longer than [`RETRY_AFTER_MAX_BYTES`] or otherwise
-/// malformed give `None` (the ordinary backoff applies).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if value.is_empty() || value.len() > RETRY_AFTER_MAX_BYTES {
-        return None;
-    }
-    if value.bytes().all(|b| b.is_ascii_digit()) {
-        // All digits: the only failure left is overflow, which means "a very long time".
-        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
 
 #[cfg(test)]
 mod tests {
@@ -352,39 +333,6 @@ mod tests {
         assert_eq!(p.next_delay_ms(2, None, 0.5), 15_000);
     }
 
-    #[test]
-    fn parse_retry_after_delta_seconds_and_dates() {
-        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("99999999999999999999999", now),
-            Some(Duration::from_secs(u64::MAX))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        for bad in [
-            "",
-            "  ",
-            "-5",
-            "1.5",
-            "soon",
-            "120s",
-            &"9".repeat(RETRY_AFTER_MAX_BYTES + 1),
-        ] {
-            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
-        }
-    }
-
     fn valid_policy() -> impl Strategy<Value = RetryPolicy> {
         (
             1..=MAX_ATTEMPTS_LIMIT,
@@ -438,12 +386,6 @@ mod tests {
         fn prop_retry_after_capped(p in valid_policy(), secs in any::<u64>(), n in 1..50u32) {
             let d = p.next_delay_ms(n, Some(Duration::from_secs(secs)), 0.5);
             prop_assert_eq!(d, secs.saturating_mul(1000).min(p.max_delay_ms));
-        }
-
-        #[test]
-        fn prop_parse_delta_seconds_round_trips(secs in any::<u64>()) {
-            let now = SystemTime::UNIX_EPOCH;
-            prop_assert_eq!(parse_retry_after(&secs.to_string(), now), Some(Duration::from_secs(secs)));
         }
     }
 }
