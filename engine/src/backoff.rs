@@ -5,7 +5,7 @@
 //! not draw random numbers (the caller passes a unit value, so the shard's seeded RNG or a test
 //! decides) and does not schedule anything (the shard puts the due time into its [`crate::wheel`]).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,9 +16,6 @@ pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 pub const MAX_DELAY_MS_LIMIT: u64 = 7 * 24 * 60 * 60 * 1000;
 /// Upper bound for `factor`; beyond it every delay after the first is `max_delay_ms` anyway.
 pub const FACTOR_LIMIT: f64 = 1000.0;
-/// Longest `Retry-After` header value we try to parse. An IMF-fixdate is 29 bytes; anything much
-/// longer is garbage and not worth parsing.
-pub const RETRY_AFTER_MAX_BYTES: usize = 64;
 
 /// An endpoint's retry policy: the `retry` object of an endpoint (CONTRACT.md, "Endpoints").
 ///
