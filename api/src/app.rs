@@ -23,11 +23,6 @@ use crate::config::Config;
 use crate::problem::{Code, Problem};
 use crate::routes;
 
-/// Most request headers accepted on any route (hyper's parser limit).
-pub const REQUEST_HEADERS_MAX: usize = 100;
-/// How long a client may take to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 pub type HttpResponse = Response<Full<Bytes>>;
 
 /// What every handler on this thread can reach.
@@ -67,15 +62,19 @@ pub async fn serve(listener: std::net::TcpListener, app: Rc<App>) {
 }
 
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, app: Rc<App>) {
+    let limits = &app.config.ingest;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.request_timeout_ms))
+        .max_headers(limits.max_headers as usize)
+        // hyper's read buffer bounds the request head; it cannot go below 8 KiB.
+        .max_buf_size((limits.max_header_bytes as usize).max(8192));
     let service = service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
         async move { Ok::<_, Infallible>(route(&app, peer, req).await) }
     });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_headers(REQUEST_HEADERS_MAX)
-        .serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
     }

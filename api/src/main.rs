@@ -3,35 +3,28 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hookrelay_api::cli::{Cli, Command};
-use hookrelay_api::config::{Config, LogFormat};
+use hookrelay_api::cli::{Cli, Command, run_check_config};
+use hookrelay_api::config::{Config, ConfigError, LogFormat, process_env};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Serve(common) | Command::CheckConfig(common) | Command::Promote(common)) = &cli.command;
-    let config = match Config::load(common.config.as_deref(), std::env::vars(), &common.overrides()) {
+    let args = cli.command.config_args();
+    if let Command::CheckConfig(_) = cli.command {
+        return run_check_config(args, process_env(), &mut std::io::stdout(), &mut std::io::stderr());
+    }
+    let config = match args.load(process_env()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("hookrelay: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(ConfigError::EXIT_CODE as u8);
         }
     };
     match cli.command {
-        Command::CheckConfig(_) => {
-            match toml::to_string_pretty(&config) {
-                Ok(s) => print!("{s}"),
-                Err(e) => {
-                    eprintln!("hookrelay: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-            ExitCode::SUCCESS
-        }
         Command::Promote(_) => {
             eprintln!("hookrelay: replication is not available in this build; there is no replica to promote");
             ExitCode::from(2)
         }
-        Command::Serve(_) => {
+        _ => {
             init_tracing(&config);
             match hookrelay_api::serve::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,

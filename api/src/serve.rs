@@ -24,8 +24,10 @@ use tokio::sync::mpsc;
 use crate::app::{self, App};
 use crate::auth::generate_key;
 use crate::config::{Config, LogIo};
-use crate::listener::bind_reuseport;
+use crate::listener::bind_reuseport_group;
 
+/// Room in a log frame for the ids, key and lengths around an ingested body and its headers.
+const FRAME_OVERHEAD_BYTES: u64 = 64 << 10;
 /// Listen backlog of each shard's socket.
 const LISTEN_BACKLOG: i32 = 4096;
 /// Exit deadline after SIGTERM (the contract's 30 s, with room for the process to exit).
@@ -43,6 +45,12 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     e.segment_age_max = Duration::from_millis(config.log.segment_age_max_ms);
     e.batch_bytes_max = config.log.batch_bytes_max as usize;
     e.batch_linger = Duration::from_micros(config.log.batch_linger_us);
+    // A frame holds the body, the headers and a few ids: size it from the ingest limits.
+    e.frame_bytes_max = u32::try_from(
+        config.ingest.max_body_bytes + config.ingest.max_header_bytes + FRAME_OVERHEAD_BYTES,
+    )
+    .unwrap_or(u32::MAX)
+    .min(hookrelay_log::FRAME_BYTES_LIMIT);
     e.allow_private_destinations = config.delivery.allow_private_destinations;
     e.connect_timeout = Duration::from_millis(config.delivery.connect_timeout_ms);
     e.pool_idle_per_host = config.delivery.pool_idle_per_host as usize;
@@ -60,18 +68,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let node = Node::open(engine_config(&config)).context("opening the data dir")?;
     bootstrap_root_key(&node)?;
     let listen: SocketAddr = config.server.listen;
-    let public_url = config
-        .server
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{listen}"));
+    let public_url = config.public_url();
     let config = Arc::new(config);
     let shards = node.shards();
     // Bind every listener before starting threads, so a taken port fails start-up cleanly.
-    let mut listeners = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        listeners.push(bind_reuseport(listen, LISTEN_BACKLOG).with_context(|| format!("binding {listen}"))?);
-    }
+    let listeners = bind_reuseport_group(listen, shards, LISTEN_BACKLOG)
+        .with_context(|| format!("binding {listen}"))?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::with_capacity(shards);
     for (i, listener) in listeners.into_iter().enumerate() {

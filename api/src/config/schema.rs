@@ -159,7 +159,11 @@ pub(crate) use word_enum;
 
 /// `HOOKRELAY_<SECTION>_<KEY>` for a key.
 pub fn env_var(section: &str, key: &str) -> String {
-    format!("HOOKRELAY_{}_{}", section.to_ascii_uppercase(), key.to_ascii_uppercase())
+    format!(
+        "HOOKRELAY_{}_{}",
+        section.to_ascii_uppercase(),
+        key.to_ascii_uppercase()
+    )
 }
 
 /// Finds a key's schema.
@@ -193,13 +197,19 @@ pub fn markdown_reference() -> String {
          `HOOKRELAY_ROOT_KEY` (not a config key) sets the operator key on first start.\n",
     );
     for (section, keys) in super::SECTIONS {
-        let _ = write!(out, "\n## `[{section}]`\n\n| Key | Environment variable | Default | Meaning |\n|---|---|---|---|\n");
+        let _ = write!(
+            out,
+            "\n## `[{section}]`\n\n| Key | Environment variable | Default | Meaning |\n|---|---|---|---|\n"
+        );
         for key in *keys {
             let default = defaults
                 .get(*section)
                 .and_then(|t| t.get(key.name))
                 .map_or_else(|| "unset".to_string(), |v| format!("`{v}`"));
             let mut meaning = key.meaning();
+            if let Some(range) = super::validate::range_of(&format!("{section}.{}", key.name)) {
+                let _ = write!(meaning, " Range: `{}..={}`.", range.start(), range.end());
+            }
             if let Kind::Enum(words) = key.kind {
                 let words: Vec<String> = words.iter().map(|w| format!("`\"{w}\"`")).collect();
                 let _ = write!(meaning, " One of {}.", words.join(", "));
@@ -214,4 +224,82 @@ pub fn markdown_reference() -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, SECTIONS};
+
+    #[test]
+    fn the_schema_matches_the_structs() {
+        // Every non-optional key appears in the serialized defaults and vice versa, and every
+        // section of the struct is listed.
+        let table = Config::default().to_table();
+        let names: Vec<&str> = SECTIONS.iter().map(|(s, _)| *s).collect();
+        let mut serialized: Vec<&str> = table.keys().map(String::as_str).collect();
+        serialized.sort_unstable();
+        let mut listed = names.clone();
+        listed.sort_unstable();
+        assert_eq!(serialized, listed);
+        for (section, keys) in SECTIONS {
+            let values = table[*section].as_table().unwrap();
+            for key in *keys {
+                assert_eq!(
+                    values.contains_key(key.name),
+                    !key.optional,
+                    "{section}.{}",
+                    key.name
+                );
+                assert!(
+                    !key.meaning().is_empty(),
+                    "{section}.{} has no doc comment",
+                    key.name
+                );
+                assert!(find_key(section, key.name).is_some());
+            }
+            assert_eq!(
+                values.len(),
+                keys.iter().filter(|k| !k.optional).count(),
+                "{section}"
+            );
+        }
+    }
+
+    #[test]
+    fn enum_words_round_trip() {
+        use crate::config::LogIo;
+        assert_eq!(LogIo::Portable.as_str(), "portable");
+        assert_eq!(
+            <LogIo as Typed>::KIND,
+            Kind::Enum(&["auto", "uring", "portable"])
+        );
+        let v: LogIo = toml::Value::String("uring".into()).try_into().unwrap();
+        assert_eq!(v, LogIo::Uring);
+    }
+
+    #[test]
+    fn env_var_names() {
+        assert_eq!(
+            env_var("delivery", "allow_private_destinations"),
+            "HOOKRELAY_DELIVERY_ALLOW_PRIVATE_DESTINATIONS"
+        );
+        assert_eq!(env_var("log", "io"), "HOOKRELAY_LOG_IO");
+    }
+
+    /// `api/CONFIG.md` is the generated reference; regenerate with `UPDATE_CONFIG_MD=1`.
+    #[test]
+    fn config_md_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("CONFIG.md");
+        let expected = markdown_reference();
+        if std::env::var_os("UPDATE_CONFIG_MD").is_some() {
+            std::fs::write(&path, &expected).unwrap();
+        }
+        let actual = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "{} is stale: run UPDATE_CONFIG_MD=1 cargo test -p hookrelay-api --lib config_md",
+            path.display()
+        );
+    }
 }

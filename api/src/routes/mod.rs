@@ -1,5 +1,6 @@
 //! One file per resource. [`v1`] authenticates and dispatches the management API.
 
+pub mod api_keys;
 pub mod deliveries;
 pub mod endpoints;
 pub mod health;
@@ -40,6 +41,9 @@ pub async fn v1(
         (&Method::POST, ["endpoints", id, "pause"]) => endpoints::set_paused(app, &caller, id, true).await,
         (&Method::POST, ["endpoints", id, "resume"]) => endpoints::set_paused(app, &caller, id, false).await,
         (&Method::POST, ["endpoints", id, "rotate-secret"]) => endpoints::rotate(app, &caller, id, req).await,
+        (&Method::POST, ["api-keys"]) => api_keys::create(app, &caller, req).await,
+        (&Method::GET, ["api-keys"]) => api_keys::list(&snapshot, &caller),
+        (&Method::DELETE, ["api-keys", id]) => api_keys::delete(app, &caller, id).await,
         (&Method::GET, ["deliveries", id]) => deliveries::get(app, &caller, id).await,
         _ => Err(Problem::new(Code::NotFound, format!("no route for {method} /v1/{}", path.join("/")))),
     };

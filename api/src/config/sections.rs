@@ -1,0 +1,249 @@
+//! The sections of the configuration file, one struct per `[section]`. Every field's doc comment
+//! is its entry in `CONFIG.md`; keep them to what the key promises.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::defaults as d;
+use super::schema::{section, word_enum};
+
+section! {
+    /// `[server]`: the process, its HTTP listener and its data.
+    pub struct Server in "server" {
+        /// Address the HTTP API (ingest, management API, console, health, metrics) listens on.
+        listen: SocketAddr = d::LISTEN,
+        /// Directory holding the logs, metadata and the local DLQ; created if missing.
+        data_dir: PathBuf = d::data_dir(),
+        /// Number of shards (threads, each with its own log and listener socket); 0 = one per
+        /// CPU core. Recorded in the data dir on first start; later starts keep that count
+        /// (endpoints are hashed to shards).
+        shards: usize = d::SHARDS,
+        /// Base of the absolute URLs the API hands out (an endpoint's `ingest_url`), e.g.
+        /// `https://hooks.example.com`. Unset = `http://` + `server.listen`.
+        public_url: Option<String> = None,
+        /// On SIGTERM, how long in-flight work may take to finish before it is persisted and the
+        /// process exits; bounded so that the process ends within 30 s.
+        shutdown_timeout_ms: u64 = d::SHUTDOWN_TIMEOUT_MS,
+    }
+}
+
+section! {
+    /// `[ingest]`: limits of `POST /ingest/{endpoint_id}`.
+    pub struct Ingest in "ingest" {
+        /// Largest accepted request body; bigger bodies get 413 `payload_too_large`.
+        max_body_bytes: u64 = d::MAX_BODY_BYTES,
+        /// How far a signature's timestamp may be from now (Stripe, Standard Webhooks, Slack,
+        /// generic) before 401 `signature_expired`.
+        signature_tolerance_s: u64 = d::SIGNATURE_TOLERANCE_S,
+        /// Most request headers accepted on an ingest request.
+        max_headers: u64 = d::MAX_HEADERS,
+        /// Largest total size of an ingest request's headers.
+        max_header_bytes: u64 = d::MAX_HEADER_BYTES,
+        /// How long a sender may take to send a whole request.
+        request_timeout_ms: u64 = d::REQUEST_TIMEOUT_MS,
+    }
+}
+
+section! {
+    /// `[delivery]`: forwarding to receivers.
+    pub struct Delivery in "delivery" {
+        /// Allow destinations on loopback, private, link-local, unspecified and metadata
+        /// addresses (refused by default, at creation and again at connect time).
+        allow_private_destinations: bool = false,
+        /// TCP (and TLS) connect timeout of an attempt.
+        connect_timeout_ms: u64 = d::CONNECT_TIMEOUT_MS,
+        /// Idle keep-alive connections kept per destination host and shard.
+        pool_idle_per_host: u64 = d::POOL_IDLE_PER_HOST,
+        /// Most attempts in flight at once on one shard, across all endpoints.
+        max_in_flight_per_shard: u64 = d::MAX_IN_FLIGHT_PER_SHARD,
+        /// Most due deliveries of one endpoint held in memory; the rest wait in the log.
+        queue_in_memory_per_endpoint: u64 = d::QUEUE_IN_MEMORY_PER_ENDPOINT,
+        /// Consecutive failed attempts to one endpoint that open its circuit (attempts then wait
+        /// for a probe to succeed).
+        circuit_failures_to_open: u64 = d::CIRCUIT_FAILURES_TO_OPEN,
+        /// While a circuit is open, how often one probe attempt is let through.
+        circuit_probe_interval_ms: u64 = d::CIRCUIT_PROBE_INTERVAL_MS,
+    }
+}
+
+word_enum! {
+    /// How the log writes to disk.
+    pub enum LogIo {
+        /// io_uring when the kernel allows it, else portable.
+        Auto = "auto",
+        /// io_uring; start-up fails without it.
+        Uring = "uring",
+        /// pwrite + fdatasync on a blocking pool.
+        Portable = "portable",
+    }
+}
+
+section! {
+    /// `[log]`: each shard's write-ahead log.
+    pub struct Log in "log" {
+        /// Log I/O backend: io_uring when available (`auto`), always (`uring`) or never
+        /// (`portable`).
+        io: LogIo = LogIo::Auto,
+        /// Roll a segment once it would grow past this size.
+        segment_bytes_max: u64 = d::SEGMENT_BYTES_MAX,
+        /// Roll a segment once it is this old.
+        segment_age_max_ms: u64 = d::SEGMENT_AGE_MAX_MS,
+        /// Largest group-commit batch (one write and one fsync).
+        batch_bytes_max: u64 = d::BATCH_BYTES_MAX,
+        /// How long a commit waits for more records before writing a batch that is not full
+        /// (0 = write as soon as the previous fsync ends).
+        batch_linger_us: u64 = d::BATCH_LINGER_US,
+    }
+}
+
+section! {
+    /// `[retention]`: how long history is kept.
+    pub struct Retention in "retention" {
+        /// Days a delivery (its record, attempts and payload) is kept.
+        deliveries_days: u64 = d::DELIVERIES_DAYS,
+        /// Days an idempotency key is remembered per endpoint.
+        idempotency_days: u64 = d::IDEMPOTENCY_DAYS,
+    }
+}
+
+word_enum! {
+    /// Where dead-lettered deliveries go.
+    pub enum DlqBackend {
+        /// `<data_dir>/dlq/`.
+        Local = "local",
+        /// An S3 (or S3-compatible) bucket.
+        S3 = "s3",
+    }
+}
+
+section! {
+    /// `[dlq]`: the dead-letter queue.
+    pub struct Dlq in "dlq" {
+        /// Where DLQ objects are written: `local` (under `<data_dir>/dlq/`) or `s3`.
+        backend: DlqBackend = DlqBackend::Local,
+        /// S3 bucket; required when `backend = "s3"`.
+        bucket: Option<String> = None,
+        /// Prefix put before every DLQ object key (e.g. `hookrelay/`).
+        prefix: String = String::new(),
+        /// S3 region; unset = from the standard AWS chain.
+        region: Option<String> = None,
+        /// S3 endpoint URL for S3-compatible stores (MinIO, R2, ...); unset = AWS.
+        endpoint_url: Option<String> = None,
+        /// KMS key id for SSE-KMS encryption of DLQ objects; unset = the bucket's default.
+        sse_kms_key_id: Option<String> = None,
+        /// Days a DLQ object is kept (local backend; for S3 use a bucket lifecycle rule too).
+        retention_days: u64 = d::DLQ_RETENTION_DAYS,
+        /// Use path-style S3 URLs (`endpoint/bucket/key`), which most S3-compatible stores need.
+        force_path_style: bool = false,
+    }
+}
+
+section! {
+    /// `[replay]`: replays of dead-lettered or past deliveries.
+    pub struct Replay in "replay" {
+        /// Most replayed deliveries enqueued per second per tenant.
+        max_per_s: u64 = d::REPLAY_MAX_PER_S,
+    }
+}
+
+word_enum! {
+    /// A node's replication role.
+    pub enum Role {
+        /// Takes ingest, delivers, and streams its logs to `replication.peer` when set.
+        Primary = "primary",
+        /// Stores the primary's logs; neither ingests nor delivers until promoted.
+        Replica = "replica",
+    }
+}
+
+word_enum! {
+    /// When ingest answers 2xx under replication.
+    pub enum Ack {
+        /// After the local fsync.
+        Local = "local",
+        /// After the local and the peer's fsync.
+        Peer = "peer",
+    }
+}
+
+section! {
+    /// `[replication]`: primary/replica log shipping.
+    pub struct Replication in "replication" {
+        /// This node's role: `primary` (ingests and delivers) or `replica` (stores the primary's
+        /// logs, answers ingest with 503 until promoted).
+        role: Role = Role::Primary,
+        /// Primary: the replica's replication address, `host:port`. Unset = no replication.
+        peer: Option<String> = None,
+        /// Replica: the address to accept the primary's stream on; required for a replica.
+        listen: Option<SocketAddr> = None,
+        /// When ingest answers: after the local fsync (`local`) or after the peer's fsync too
+        /// (`peer`, which needs `peer`).
+        ack: Ack = Ack::Local,
+        /// With `ack = "peer"`: after the peer has been unreachable this long, answer after the
+        /// local fsync alone (and say so in `/readyz` and the metrics). Unset = never degrade:
+        /// ingest answers 503 while the peer is away.
+        degrade_after_ms: Option<u64> = None,
+        /// How long the primary waits for the peer's acknowledgement or connection.
+        peer_timeout_ms: u64 = d::PEER_TIMEOUT_MS,
+        /// Shared secret both nodes present on the replication connection (at least 16
+        /// characters). Unset = no authentication (trusted networks only).
+        secret: Option<String> = None,
+    }
+}
+
+section! {
+    /// `[alerts]`: where alerts are sent (Slack URLs come from each tenant's alert settings).
+    pub struct Alerts in "alerts" {
+        /// SMTP server for e-mail alerts, `smtp://[user:password@]host[:port]` or `smtps://...`.
+        /// Unset = e-mail alerts are not sent.
+        smtp_url: Option<String> = None,
+        /// Sender address of e-mail alerts. Unset = `hookrelay@localhost`.
+        smtp_from: Option<String> = None,
+        /// Base URL of the PagerDuty Events API v2.
+        pagerduty_api_base: String = d::PAGERDUTY_API_BASE.to_string(),
+        /// Base URL of the console used for links in alerts (e.g. replay links). Unset =
+        /// `server.public_url`.
+        console_base_url: Option<String> = None,
+    }
+}
+
+section! {
+    /// `[billing]`: usage metering to Stripe.
+    pub struct Billing in "billing" {
+        /// Stripe secret API key. Unset = usage is not reported to Stripe and plans are not
+        /// enforced.
+        stripe_api_key: Option<String> = None,
+        /// Base URL of the Stripe API.
+        stripe_api_base: String = d::STRIPE_API_BASE.to_string(),
+        /// Event name of the Stripe Billing Meter that receives daily successful deliveries.
+        meter_event_name: String = d::METER_EVENT_NAME.to_string(),
+        /// Signing secret (`whsec_...`) of Stripe's webhooks to `POST /billing/stripe-webhook`.
+        /// Unset = that route refuses every request.
+        stripe_webhook_secret: Option<String> = None,
+        /// Days a tenant past its free quota without a paying subscription may still ingest
+        /// before 402 `payment_required`.
+        grace_days: u64 = d::GRACE_DAYS,
+    }
+}
+
+word_enum! {
+    /// Format of the process's own logs.
+    pub enum LogFormat {
+        /// One JSON object per line.
+        Json = "json",
+        /// Human-readable lines.
+        Text = "text",
+    }
+}
+
+section! {
+    /// `[observability]`: the process's own logs and traces.
+    pub struct Observability in "observability" {
+        /// Format of log lines on stderr: `json` or `text`.
+        log_format: LogFormat = LogFormat::Json,
+        /// Log filter in `tracing` directive syntax, e.g. `info` or `info,hookrelay_engine=debug`.
+        log_level: String = d::LOG_LEVEL.to_string(),
+        /// OTLP endpoint traces are exported to. Unset = no trace export.
+        otlp_endpoint: Option<String> = None,
+    }
+}
