@@ -59,8 +59,31 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     } else {
         bytes
     };
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => Problem::new(Code::ValidationFailed, e.to_string()),
-        _ => Problem::new(Code::InvalidJson, format!("malformed JSON: {e}")),
-    })
+    // Syntax first, shape second: serde reports a type error before a later syntax error when
+    // it deserializes straight into `T`, and the two deserve different answers.
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Problem::new(Code::InvalidJson, format!("malformed JSON: {e}")))?;
+    serde_json::from_value(value).map_err(|e| Problem::new(Code::ValidationFailed, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::problem::Code;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct T {
+        name: String,
+    }
+
+    #[test]
+    fn syntax_errors_are_invalid_json_and_shape_errors_validation_failed() {
+        for bad in [&b"{\"name\": "[..], b"{\"name\": 'x'}", b"\xff\xfe", b"[1,"] {
+            let e = parse_json::<T>(bad).unwrap_err();
+            assert_eq!(e.code, Code::InvalidJson, "{:?}: {}", String::from_utf8_lossy(bad), e.detail);
+        }
+        let e = parse_json::<T>(b"{\"name\": 5}").unwrap_err();
+        assert_eq!(e.code, Code::ValidationFailed);
+    }
 }

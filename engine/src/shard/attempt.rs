@@ -183,10 +183,23 @@ impl ShardCore {
 /// The headers sent to the receiver: the sender's (minus [`DROPPED_HEADERS`]) plus HookRelay's
 /// Standard Webhooks signature and `X-HookRelay-*` headers.
 fn forward_headers(record: &Ingested, endpoint: &Endpoint, n: u32, now_ms: u64) -> Vec<(String, Vec<u8>)> {
+    // Headers the sender named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
+    let connection_named: Vec<String> = record
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "connection")
+        .flat_map(|(_, value)| {
+            String::from_utf8_lossy(value)
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let mut out: Vec<(String, Vec<u8>)> = record
         .headers
         .iter()
-        .filter(|(name, _)| !DROPPED_HEADERS.contains(&name.as_str()))
+        .filter(|(name, _)| !DROPPED_HEADERS.contains(&name.as_str()) && !connection_named.contains(name))
         .map(|(name, value)| (name.clone(), value.to_vec()))
         .collect();
     let timestamp = (now_ms / 1000) as i64;
