@@ -1,1 +1,28 @@
-//! Harness for end-to-end tests: starts the real binary.
+//! Harness for the end-to-end tests: starts the real `hookrelay` binary, talks to it over HTTP
+//! as senders, tenants and operators do, and plays the receiver HookRelay forwards to.
+//!
+//! Code map:
+//! - [`server`]: spawn, kill -9, SIGTERM and restart the binary on a temporary data dir.
+//! - [`http`]: a small HTTP client that returns status, headers and body.
+//! - [`api`]: the management and ingest calls the tests repeat (tenants, endpoints, deliveries).
+//! - [`receiver`]: a scriptable local HTTP server that records what HookRelay sends it.
+//! - [`signing`]: sender-side signatures for every verification mode, and the Standard Webhooks
+//!   check of what HookRelay forwards.
+//! - [`payload`]: unique sender bodies, so that content-based deduplication never joins two
+//!   deliveries a test meant to keep apart.
+//! - [`problem`]: checks on RFC 9457 error bodies.
+//! - [`raw`]: a raw TCP client for what a well-behaved client cannot do (a slow, oversized upload).
+//! - [`scenario`]: the shared set-up: a server and one tenant.
+//!
+//! Architecture Invariant: the harness only knows the contract (`shared/CONTRACT.md`): it never
+//! links the product's crates, so a test passes only through the binary's real outside.
+
+pub mod api;
+pub mod http;
+pub mod payload;
+pub mod problem;
+pub mod raw;
+pub mod receiver;
+pub mod scenario;
+pub mod server;
+pub mod signing;
