@@ -277,6 +277,6 @@ impl ShardCore {
 
 /// A 32-bit tag of an endpoint id, kept in state-table slots so a refill scan can skip other
 /// endpoints' deliveries without reading the log (a match is confirmed by reading the record).
-pub(crate) fn endpoint_tag(endpoint_id: &str) -> u32 {
+pub fn endpoint_tag(endpoint_id: &str) -> u32 {
     crc32fast::hash(endpoint_id.as_bytes())
 }

@@ -10,6 +10,7 @@ mod attempt;
 mod core;
 mod dead_letter;
 mod ingest;
+pub mod list;
 mod query;
 mod recovery;
 pub mod scheduler;
@@ -24,7 +25,8 @@ use crate::ids::{parse_delivery_id, shard_of};
 use crate::node::Node;
 use crate::record::Status;
 
-pub use self::core::ShardCore;
+pub use self::core::{ShardCore, endpoint_tag};
+pub use list::{DeliverySummary, ListQuery, ShardPage};
 pub use query::DeliveryDetail;
 
 /// An ingest request that passed the HTTP-level checks (endpoint exists, size, source IP,
@@ -66,6 +68,63 @@ pub enum ShardMsg {
         delivery_id: String,
         reply: oneshot::Sender<Option<DeliveryDetail>>,
     },
+    List {
+        query: ListQuery,
+        from: Option<u64>,
+        reply: oneshot::Sender<ShardPage>,
+    },
+}
+
+/// Where each shard's scan stands in a paginated list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanPos {
+    Newest,
+    From(u64),
+    Done,
+}
+
+/// Why a list query was not answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    #[error("the cursor is not one this node issued")]
+    BadCursor,
+    #[error("{0}")]
+    Unavailable(&'static str),
+}
+
+/// A page of deliveries across shards and the opaque cursor of the next one.
+#[derive(Debug, Clone)]
+pub struct DeliveryPage {
+    pub data: Vec<DeliverySummary>,
+    pub next_cursor: Option<String>,
+}
+
+fn encode_cursor(positions: &[ScanPos]) -> Option<String> {
+    if positions.iter().all(|p| *p == ScanPos::Done) {
+        return None;
+    }
+    let parts: Vec<String> = positions
+        .iter()
+        .map(|p| match p {
+            ScanPos::Newest => "n".to_string(),
+            ScanPos::From(s) => s.to_string(),
+            ScanPos::Done => "-".to_string(),
+        })
+        .collect();
+    Some(format!("c1.{}", parts.join(".")))
+}
+
+fn decode_cursor(cursor: &str, shards: usize) -> Option<Vec<ScanPos>> {
+    let rest = cursor.strip_prefix("c1.")?;
+    let positions: Vec<ScanPos> = rest
+        .split('.')
+        .map(|p| match p {
+            "n" => Some(ScanPos::Newest),
+            "-" => Some(ScanPos::Done),
+            n => n.parse().ok().map(ScanPos::From),
+        })
+        .collect::<Option<_>>()?;
+    (positions.len() == shards).then_some(positions)
 }
 
 /// What the HTTP layer of one shard thread holds: the node, and this thread's shard once
@@ -141,6 +200,65 @@ impl ShardCtx {
     }
 }
 
+impl ShardCtx {
+    /// `GET /v1/deliveries`: a page newest first across shards.
+    pub async fn list_deliveries(&self, query: ListQuery, cursor: Option<&str>) -> Result<DeliveryPage, ListError> {
+        let shards = self.node.shards();
+        let positions = match cursor {
+            None => vec![ScanPos::Newest; shards],
+            Some(c) => decode_cursor(c, shards).ok_or(ListError::BadCursor)?,
+        };
+        let mut pages: Vec<ShardPage> = Vec::with_capacity(shards);
+        for (i, pos) in positions.iter().enumerate() {
+            let from = match pos {
+                ScanPos::Done => {
+                    pages.push(ShardPage::default());
+                    continue;
+                }
+                ScanPos::Newest => None,
+                ScanPos::From(s) => Some(*s),
+            };
+            let page = if i == self.id {
+                match self.local() {
+                    Some(core) => core.list(&query, from),
+                    None => return Err(ListError::Unavailable("shard is recovering")),
+                }
+            } else {
+                let (tx, rx) = oneshot::channel();
+                self.node
+                    .inbox(i)
+                    .send(ShardMsg::List { query: query.clone(), from, reply: tx })
+                    .await
+                    .map_err(|_| ListError::Unavailable("shard is stopped"))?;
+                rx.await.map_err(|_| ListError::Unavailable("shard dropped the request"))?
+            };
+            pages.push(page);
+        }
+        let mut all: Vec<(usize, DeliverySummary)> = pages
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.items.iter().cloned().map(move |d| (i, d)))
+            .collect();
+        all.sort_by(|(_, a), (_, b)| b.created_ms.cmp(&a.created_ms).then_with(|| b.id.cmp(&a.id)));
+        let rest = all.split_off(all.len().min(query.limit));
+        let mut next = Vec::with_capacity(shards);
+        for (i, page) in pages.iter().enumerate() {
+            // The shard's first item not on this page is where it resumes.
+            let first_left = rest.iter().filter(|(s, _)| *s == i).map(|(_, d)| d.seq).max();
+            next.push(match (positions[i], first_left, page.next_from) {
+                (ScanPos::Done, _, _) => ScanPos::Done,
+                (_, Some(seq), _) => ScanPos::From(seq + 1),
+                (_, None, Some(from)) => ScanPos::From(from),
+                (_, None, None) => ScanPos::Done,
+            });
+        }
+        Ok(DeliveryPage {
+            data: all.into_iter().map(|(_, d)| d).collect(),
+            next_cursor: encode_cursor(&next),
+        })
+    }
+}
+
 /// Runs shard `ctx.id` on the current thread's runtime until the node shuts down: recovery,
 /// then the inbox and the delivery loop. Must run inside `tokio_uring::start` (or a current-
 /// thread runtime with a `LocalSet` when the log uses the portable backend).
@@ -167,6 +285,9 @@ async fn serve_inbox(core: Rc<ShardCore>, mut inbox: mpsc::Receiver<ShardMsg>) {
                 reply,
             } => {
                 let _ = reply.send(core.delivery(seq, &delivery_id));
+            }
+            ShardMsg::List { query, from, reply } => {
+                let _ = reply.send(core.list(&query, from));
             }
         }
     }
