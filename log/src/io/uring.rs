@@ -1,0 +1,86 @@
+//! io_uring backend through `tokio_uring::fs::File`. Only usable inside `tokio_uring::start`
+//! (the ring lives in that runtime's thread-local context); [`probe`] checks exactly that.
+//!
+//! Ordering: the log submits one write, awaits it, then one `fdatasync`, then acknowledges;
+//! it never has two writes in flight, since io_uring may complete operations submitted together
+//! in any order.
+
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::pin::pin;
+use std::sync::Once;
+use std::task::{Context, Poll, Waker};
+
+use super::SegmentIo;
+
+/// A file written through the ring.
+pub(crate) struct UringFile {
+    file: tokio_uring::fs::File,
+}
+
+impl UringFile {
+    pub fn new(file: File) -> Self {
+        UringFile {
+            file: tokio_uring::fs::File::from_std(file),
+        }
+    }
+}
+
+impl SegmentIo for UringFile {
+    async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
+        if buf.is_empty() {
+            return (Ok(()), buf);
+        }
+        self.file.write_all_at(buf, pos).await
+    }
+
+    async fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data().await
+    }
+}
+
+/// fsync of a directory through the ring.
+pub(crate) async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let f = tokio_uring::fs::File::from_std(File::open(dir)?);
+    let r = f.sync_all().await;
+    let closed = f.close().await;
+    r.and(closed)
+}
+
+thread_local! {
+    static PROBING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs (once per process) a panic hook that stays silent for the expected panic of the
+/// probe below and forwards every other panic to the previous hook.
+fn install_quiet_probe_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !PROBING.with(|p| p.get()) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Ok when the caller runs inside `tokio_uring::start` and a no-op makes a round trip through
+/// the ring. tokio-uring exposes no "is there a runtime" query and panics when an operation is
+/// submitted outside one, so the first poll runs under `catch_unwind`.
+pub(crate) async fn probe() -> Result<(), String> {
+    install_quiet_probe_hook();
+    let mut op = pin!(tokio_uring::no_op());
+    let mut cx = Context::from_waker(Waker::noop());
+    PROBING.with(|p| p.set(true));
+    let first = catch_unwind(AssertUnwindSafe(|| op.as_mut().poll(&mut cx)));
+    PROBING.with(|p| p.set(false));
+    match first {
+        Err(_) => Err("not running inside tokio_uring::start".into()),
+        Ok(Poll::Ready(r)) => r.map_err(|e| format!("io_uring no-op failed: {e}")),
+        Ok(Poll::Pending) => op.await.map_err(|e| format!("io_uring no-op failed: {e}")),
+    }
+}

@@ -1,0 +1,521 @@
+//! [`Log`]: the cheap-clone handle of one open log, and the state it shares with its committer.
+//!
+//! A `Log` lives on one shard thread (it is `!Send`: `Rc` and `RefCell` inside). Appends encode
+//! and queue frames; the committer (see `commit.rs`) makes them durable; reads see durable
+//! records only.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use tokio::sync::{Mutex, Notify, oneshot};
+
+use crate::commit::{self, PendingFrame, Writer};
+use crate::error::Error;
+use crate::frame::{self, FRAME_HEADER_BYTES};
+use crate::io::{self, Backend, IoKind};
+use crate::options::Options;
+use crate::reader::Reader;
+use crate::recovery::{self, Params, now_unix_ms};
+use crate::segment::{self, ActiveView, Record, Sealed};
+
+/// What [`Log::open`] found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments in the log after recovery (sealed + the active one).
+    pub segments: usize,
+    /// Records in the log after recovery.
+    pub records: u64,
+    /// Bytes cut from the end of the active segment (a torn tail), 0 after a clean shutdown.
+    pub truncated_bytes: u64,
+    /// Offset the next append will get.
+    pub next_offset: u64,
+    /// The I/O backend in use.
+    pub io: IoKind,
+}
+
+/// Counters since open; tests use `fsyncs` to prove batching.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames accepted by `append`/`append_nowait`.
+    pub appends: u64,
+    /// Group-commit batches written (one write + one fdatasync each).
+    pub batches: u64,
+    /// fsync/fdatasync calls of any kind (batches, index files, new segments, directory).
+    pub fsyncs: u64,
+    /// Frame bytes written by batches.
+    pub bytes_written: u64,
+    /// Segments sealed.
+    pub rolls: u64,
+    /// Segments deleted by `delete_below`.
+    pub segments_deleted: u64,
+}
+
+/// One segment as seen by [`Log::segments`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// First offset stored in the segment (also its file name).
+    pub first_offset: u64,
+    /// One past the last durable offset in the segment.
+    pub next_offset: u64,
+    /// The segment file.
+    pub path: PathBuf,
+    /// Durable size of the file in bytes, header included.
+    pub bytes: u64,
+    /// Sealed (immutable) or active.
+    pub sealed: bool,
+}
+
+/// How a waiter is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Durable,
+    Poisoned,
+    Closed,
+}
+
+/// Everything shared between handles, readers and the committer. Never borrowed across `.await`.
+pub(crate) struct State {
+    pub next_offset: u64,
+    /// First offset not yet durable.
+    pub durable_offset: u64,
+    pub epoch: u32,
+    pub poisoned: bool,
+    pub closing: bool,
+    pub closed: bool,
+    pub pending: VecDeque<PendingFrame>,
+    pub pending_bytes: usize,
+    /// Sorted by offset.
+    pub waiters: VecDeque<(u64, oneshot::Sender<Outcome>)>,
+    pub roll_requested: bool,
+    pub active_created_unix_ms: u64,
+    pub sealed: Vec<Sealed>,
+    pub active: ActiveView,
+    pub stats: Stats,
+}
+
+pub(crate) struct Inner {
+    pub opts: Options,
+    pub backend: Backend,
+    pub state: RefCell<State>,
+    pub writer: Mutex<Writer>,
+    pub notify: Rc<Notify>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Lets the committer see that every handle is gone and exit.
+        self.notify.notify_one();
+    }
+}
+
+/// Handle to an open log. Clones share the log; it is `!Send` and lives on one shard thread.
+#[derive(Clone)]
+pub struct Log {
+    pub(crate) inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.inner.opts.dir)
+            .field("io", &self.inner.backend.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Log {
+    /// Opens (or creates) the log in `opts.dir`, recovers it and starts its committer with
+    /// `tokio::task::spawn_local`: call it inside `tokio_uring::start` or a tokio `LocalSet`
+    /// (with the time driver enabled if `batch_linger` > 0).
+    pub async fn open(opts: Options) -> Result<(Log, Recovery), Error> {
+        opts.validate()?;
+        let backend = io::choose(&opts.io).await?;
+        let params = Params {
+            dir: opts.dir.clone(),
+            frame_bytes_max: opts.frame_bytes_max,
+            index_interval_bytes: opts.index_interval_bytes,
+            verify_sealed_on_open: opts.verify_sealed_on_open,
+        };
+        let rec = tokio::task::spawn_blocking(move || recovery::recover(&params))
+            .await
+            .map_err(|e| Error::io(&opts.dir, std::io::Error::other(e)))??;
+
+        let active = rec.active;
+        let write_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&active.path)
+            .map_err(|e| Error::io(&active.path, e))?;
+        let read_file = File::open(&active.path).map_err(|e| Error::io(&active.path, e))?;
+        let file = backend.wrap(write_file, &active.path);
+        let next_offset = active.next_offset;
+        let frames = active.next_offset - active.base;
+        let recovery = Recovery {
+            segments: rec.sealed.len() + 1,
+            records: rec.records,
+            truncated_bytes: rec.truncated_bytes,
+            next_offset,
+            io: backend.kind(),
+        };
+        let state = State {
+            next_offset,
+            durable_offset: next_offset,
+            epoch: rec.last_epoch.unwrap_or(0),
+            poisoned: false,
+            closing: false,
+            closed: false,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            waiters: VecDeque::new(),
+            roll_requested: false,
+            active_created_unix_ms: active.created_unix_ms,
+            sealed: rec.sealed,
+            active: ActiveView {
+                base: active.base,
+                path: active.path,
+                file: read_file,
+                durable_bytes: active.bytes,
+                index: active.index,
+            },
+            stats: Stats::default(),
+        };
+        let writer = Writer {
+            file,
+            write_pos: active.bytes,
+            frames,
+            next_write_offset: next_offset,
+            buf: Vec::new(),
+            positions: Vec::new(),
+        };
+        let notify = Rc::new(Notify::new());
+        let inner = Rc::new(Inner {
+            opts,
+            backend,
+            state: RefCell::new(state),
+            writer: Mutex::new(writer),
+            notify: Rc::clone(&notify),
+        });
+        let log = Log { inner };
+        if rec.last_epoch.is_none() && next_offset > log.first_offset() {
+            // Sealed segments were trusted from their index files: read the newest record.
+            let last = log.read(next_offset - 1)?;
+            log.inner.state.borrow_mut().epoch = last.epoch;
+        }
+        tokio::task::spawn_local(commit::run(Rc::downgrade(&log.inner), notify));
+        tracing::info!(
+            dir = %log.inner.opts.dir.display(),
+            segments = recovery.segments,
+            records = recovery.records,
+            truncated_bytes = recovery.truncated_bytes,
+            next_offset,
+            io = ?recovery.io,
+            "log opened"
+        );
+        Ok((log, recovery))
+    }
+
+    /// The I/O backend in use.
+    pub fn io_kind(&self) -> IoKind {
+        self.inner.backend.kind()
+    }
+
+    /// Appends a record and resolves with its offset once the frame is fsynced (group commit:
+    /// concurrent appends share one write and one fdatasync).
+    pub async fn append(&self, record_type: u8, payload: Bytes) -> Result<u64, Error> {
+        let offset = self.append_nowait(record_type, payload)?;
+        self.wait_durable(offset).await?;
+        Ok(offset)
+    }
+
+    /// Queues a record for the next batch and returns its offset at once; it is durable once
+    /// [`Log::wait_durable`] for it (or a later offset) resolves.
+    pub fn append_nowait(&self, record_type: u8, payload: Bytes) -> Result<u64, Error> {
+        let opts = &self.inner.opts;
+        let len = FRAME_HEADER_BYTES + payload.len();
+        if len > opts.frame_bytes_max as usize {
+            return Err(Error::FrameTooLarge {
+                len,
+                max: opts.frame_bytes_max,
+            });
+        }
+        let mut st = self.inner.state.borrow_mut();
+        if st.poisoned {
+            return Err(Error::Poisoned);
+        }
+        if st.closing {
+            return Err(Error::Closed);
+        }
+        if st.pending_bytes + len > opts.pending_bytes_max {
+            return Err(Error::Backlogged {
+                pending_bytes: st.pending_bytes,
+                max: opts.pending_bytes_max,
+            });
+        }
+        let age_ms = u64::try_from(opts.segment_age_max.as_millis()).unwrap_or(u64::MAX);
+        if now_unix_ms().saturating_sub(st.active_created_unix_ms) >= age_ms {
+            st.roll_requested = true;
+        }
+        let offset = st.next_offset;
+        st.next_offset += 1;
+        let header = frame::encode_header(offset, st.epoch, record_type, &payload);
+        st.pending.push_back(PendingFrame {
+            offset,
+            header,
+            payload,
+        });
+        st.pending_bytes += len;
+        st.stats.appends += 1;
+        drop(st);
+        self.inner.notify.notify_one();
+        Ok(offset)
+    }
+
+    /// Resolves once every offset `<= offset` is fsynced. Fails with [`Error::Poisoned`] if the
+    /// log is poisoned first, and with [`Error::OffsetOutOfRange`] for an offset never assigned.
+    pub async fn wait_durable(&self, offset: u64) -> Result<(), Error> {
+        let rx = {
+            let mut st = self.inner.state.borrow_mut();
+            if offset < st.durable_offset {
+                return Ok(());
+            }
+            if st.poisoned {
+                return Err(Error::Poisoned);
+            }
+            if offset >= st.next_offset {
+                return Err(Error::OffsetOutOfRange {
+                    offset,
+                    first_offset: self.first_offset_in(&st),
+                    durable_offset: st.durable_offset,
+                });
+            }
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            let (tx, rx) = oneshot::channel();
+            // Appends register in offset order, so this is almost always a push to the back.
+            let at = st.waiters.partition_point(|(o, _)| *o <= offset);
+            st.waiters.insert(at, (offset, tx));
+            rx
+        };
+        match rx.await {
+            Ok(Outcome::Durable) => Ok(()),
+            Ok(Outcome::Poisoned) => Err(Error::Poisoned),
+            Ok(Outcome::Closed) | Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// Offset the next append will get.
+    pub fn next_offset(&self) -> u64 {
+        self.inner.state.borrow().next_offset
+    }
+
+    /// First offset that is not yet durable (every smaller offset is fsynced).
+    pub fn durable_offset(&self) -> u64 {
+        self.inner.state.borrow().durable_offset
+    }
+
+    /// First offset still retained (not deleted by [`Log::delete_below`]).
+    pub fn first_offset(&self) -> u64 {
+        self.first_offset_in(&self.inner.state.borrow())
+    }
+
+    fn first_offset_in(&self, st: &State) -> u64 {
+        st.sealed.first().map_or(st.active.base, |s| s.base)
+    }
+
+    /// Sets the epoch written into every following frame. Epochs only grow: a smaller value is a
+    /// programmer error and panics.
+    pub fn set_epoch(&self, epoch: u32) {
+        let mut st = self.inner.state.borrow_mut();
+        assert!(
+            epoch >= st.epoch,
+            "epochs only grow: {epoch} < current {}",
+            st.epoch
+        );
+        st.epoch = epoch;
+    }
+
+    /// The epoch new frames are written in (after open: the epoch of the newest record).
+    pub fn epoch(&self) -> u32 {
+        self.inner.state.borrow().epoch
+    }
+
+    /// Reads one durable record. Seeks with the segment's sparse index and walks at most about
+    /// `index_interval_bytes`; the CRC is checked on every read.
+    pub fn read(&self, offset: u64) -> Result<Record, Error> {
+        let st = self.inner.state.borrow();
+        read_at(&st, self.inner.opts.frame_bytes_max, offset, None).map(|(r, _, _)| r)
+    }
+
+    /// Iterates over durable records from `from`. Returns `None` at the durable end; calling
+    /// `next` again later yields records that became durable since.
+    pub fn reader(&self, from: u64) -> Reader {
+        Reader::new(self.clone(), from)
+    }
+
+    /// Seals the active segment and starts a new one (after writing everything queued).
+    /// A no-op when the active segment holds no records.
+    pub async fn roll(&self) -> Result<(), Error> {
+        let mut w = self.inner.writer.lock().await;
+        commit::flush(&self.inner, &mut w).await?;
+        if w.frames == 0 {
+            return Ok(());
+        }
+        if let Err(e) = commit::roll_active(&self.inner, &mut w).await {
+            commit::poison(&self.inner, &e);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Deletes every sealed segment whose records are all below `offset`; returns how many.
+    /// The active segment is never deleted.
+    pub async fn delete_below(&self, offset: u64) -> Result<usize, Error> {
+        let _w = self.inner.writer.lock().await;
+        let removed: Vec<Sealed> = {
+            let mut st = self.inner.state.borrow_mut();
+            let n = st.sealed.iter().take_while(|s| s.next <= offset).count();
+            st.stats.segments_deleted += n as u64;
+            st.sealed.drain(..n).collect()
+        };
+        let backend = &self.inner.backend;
+        for s in &removed {
+            backend
+                .remove_file(&s.path)
+                .await
+                .map_err(|e| Error::io(&s.path, e))?;
+            match backend.remove_file(&s.idx_path).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&s.idx_path, e));
+                }
+                _ => {}
+            }
+        }
+        if !removed.is_empty() {
+            let dir = &self.inner.opts.dir;
+            backend.sync_dir(dir).await.map_err(|e| Error::io(dir, e))?;
+            self.inner.state.borrow_mut().stats.fsyncs += 1;
+        }
+        Ok(removed.len())
+    }
+
+    /// The segments, oldest first; the last one is the active segment.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let st = self.inner.state.borrow();
+        let mut out: Vec<SegmentInfo> = st
+            .sealed
+            .iter()
+            .map(|s| SegmentInfo {
+                first_offset: s.base,
+                next_offset: s.next,
+                path: s.path.clone(),
+                bytes: s.bytes,
+                sealed: true,
+            })
+            .collect();
+        out.push(SegmentInfo {
+            first_offset: st.active.base,
+            next_offset: st.durable_offset,
+            path: st.active.path.clone(),
+            bytes: st.active.durable_bytes,
+            sealed: false,
+        });
+        out
+    }
+
+    /// True after a write or fsync failed: no more writes until the log is reopened.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.state.borrow().poisoned
+    }
+
+    /// Writes and fsyncs everything queued, then stops the committer. Later appends fail with
+    /// [`Error::Closed`]; reads keep working.
+    pub async fn close(&self) -> Result<(), Error> {
+        {
+            let mut st = self.inner.state.borrow_mut();
+            if st.closed {
+                return Ok(());
+            }
+            st.closing = true;
+        }
+        let mut w = self.inner.writer.lock().await;
+        let flushed = commit::flush(&self.inner, &mut w).await;
+        {
+            let mut st = self.inner.state.borrow_mut();
+            st.closed = true;
+            for (_, tx) in st.waiters.drain(..) {
+                let _ = tx.send(Outcome::Closed);
+            }
+        }
+        self.inner.notify.notify_one();
+        flushed
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> Stats {
+        self.inner.state.borrow().stats
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.inner.opts.dir
+    }
+}
+
+/// Where a read left off: (segment first offset, byte position of the next frame).
+pub(crate) type Hint = (u64, u64);
+
+/// Reads durable record `offset`; `hint` (from the previous read) skips the index lookup.
+/// Returns the record and the hint for `offset + 1`.
+pub(crate) fn read_at(
+    st: &State,
+    frame_bytes_max: u32,
+    offset: u64,
+    hint: Option<Hint>,
+) -> Result<(Record, u64, u64), Error> {
+    let first = st.sealed.first().map_or(st.active.base, |s| s.base);
+    if offset < first || offset >= st.durable_offset {
+        return Err(Error::OffsetOutOfRange {
+            offset,
+            first_offset: first,
+            durable_offset: st.durable_offset,
+        });
+    }
+    let start_for = |base: u64, floor: Option<crate::index::Entry>| match hint {
+        Some((b, pos)) if b == base => crate::index::Entry {
+            offset,
+            position: pos,
+        },
+        _ => segment::walk_start(floor, base),
+    };
+    if offset >= st.active.base {
+        let a = &st.active;
+        let start = start_for(a.base, floor_owned(&a.index.entries, offset));
+        let (r, next) = segment::walk_to(&a.path, start, offset, a.durable_bytes, |pos| {
+            segment::active_frame_at(a, pos, frame_bytes_max)
+        })?;
+        return Ok((r, a.base, next));
+    }
+    let i = st.sealed.partition_point(|s| s.base <= offset);
+    let Some(s) = i.checked_sub(1).and_then(|i| st.sealed.get(i)) else {
+        return Err(Error::OffsetOutOfRange {
+            offset,
+            first_offset: first,
+            durable_offset: st.durable_offset,
+        });
+    };
+    let start = start_for(s.base, s.index.floor(offset));
+    let (r, next) = segment::walk_to(&s.path, start, offset, s.bytes, |pos| {
+        segment::sealed_frame_at(s, pos, frame_bytes_max)
+    })?;
+    Ok((r, s.base, next))
+}
+
+fn floor_owned(entries: &[crate::index::Entry], offset: u64) -> Option<crate::index::Entry> {
+    let i = entries.partition_point(|e| e.offset <= offset);
+    i.checked_sub(1).and_then(|i| entries.get(i)).copied()
+}

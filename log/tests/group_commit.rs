@@ -1,0 +1,174 @@
+//! Group commit: concurrent appends share fsyncs, and nobody is answered before its own frame
+//! is fsynced.
+
+mod common;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use hookrelay_log::{FRAME_HEADER_BYTES, IoMode, SEGMENT_HEADER_BYTES, SimDisk};
+
+#[test]
+fn concurrent_appenders_share_fsyncs_on_the_real_backend() {
+    common::run(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _) = common::open(common::opts(dir.path())).await;
+        common::assert_backend(&log);
+        const TASKS: usize = 256;
+        const EACH: usize = 4;
+        let mut handles = Vec::new();
+        for t in 0..TASKS {
+            let log = log.clone();
+            handles.push(tokio::task::spawn_local(async move {
+                let mut mine = Vec::new();
+                for k in 0..EACH {
+                    let off = log
+                        .append(1, common::payload((t * EACH + k) as u64, 100))
+                        .await
+                        .expect("append");
+                    // Answered only once durable.
+                    assert!(log.durable_offset() > off, "answered before its fsync");
+                    mine.push(off);
+                }
+                mine
+            }));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await.expect("task"));
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..(TASKS * EACH) as u64).collect::<Vec<_>>());
+        let stats = log.stats();
+        assert_eq!(stats.appends, (TASKS * EACH) as u64);
+        assert!(
+            stats.fsyncs * 8 <= stats.appends,
+            "expected far fewer fsyncs than appends: {stats:?}"
+        );
+        assert_eq!(
+            stats.batches, stats.fsyncs,
+            "one fsync per batch, no rolls here"
+        );
+    });
+}
+
+#[test]
+fn nobody_is_answered_before_the_fsync_covering_its_frame() {
+    common::run(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = SimDisk::new();
+        disk.set_sync_delay(Duration::from_millis(2));
+        let mut o = common::opts(dir.path());
+        o.io = IoMode::Simulated(disk.clone());
+        let (log, _) = common::open(o).await;
+        let path = Rc::new(log.segments()[0].path.clone());
+        const TASKS: usize = 256;
+        const LEN: usize = 40;
+        let frame_end =
+            |off: u64| SEGMENT_HEADER_BYTES as u64 + (off + 1) * (FRAME_HEADER_BYTES + LEN) as u64;
+        let mut handles = Vec::new();
+        for t in 0..TASKS {
+            let (log, disk, path) = (log.clone(), disk.clone(), Rc::clone(&path));
+            handles.push(tokio::task::spawn_local(async move {
+                for k in 0..3u64 {
+                    let off = log
+                        .append(0, common::payload(t as u64 * 3 + k, LEN))
+                        .await
+                        .expect("append");
+                    assert!(
+                        disk.synced_len(&path) >= frame_end(off),
+                        "offset {off} answered before the simulated fsync covered it"
+                    );
+                    assert!(log.durable_offset() > off);
+                }
+            }));
+        }
+        for h in handles {
+            h.await.expect("task");
+        }
+        let stats = log.stats();
+        assert_eq!(stats.appends, 768);
+        assert!(stats.fsyncs * 16 <= stats.appends, "{stats:?}");
+        assert_eq!(disk.fsyncs(), stats.fsyncs);
+    });
+}
+
+#[test]
+fn batches_respect_batch_bytes_max() {
+    common::run(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut o = common::opts(dir.path());
+        o.batch_bytes_max = 1000;
+        let (log, _) = common::open(o).await;
+        let mut last = 0;
+        for i in 0..100u64 {
+            last = log
+                .append_nowait(0, common::payload(i, 76))
+                .expect("append");
+        }
+        log.wait_durable(last).await.expect("wait");
+        let stats = log.stats();
+        // 100 frames of 100 bytes, at most 10 per batch.
+        assert!(stats.batches >= 10, "{stats:?}");
+        assert_eq!(stats.bytes_written, 100 * 100);
+        // A frame bigger than the batch limit is still written (alone).
+        let off = log.append(0, common::payload(1, 5000)).await.expect("big");
+        assert_eq!(log.read(off).expect("read").payload.len(), 5000);
+    });
+}
+
+#[test]
+fn linger_gathers_sequential_appends_into_one_batch() {
+    common::run(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut o = common::opts(dir.path());
+        o.batch_linger = Duration::from_millis(400);
+        let (log, _) = common::open(o).await;
+        let mut last = 0;
+        for i in 0..20u64 {
+            last = log
+                .append_nowait(0, common::payload(i, 10))
+                .expect("append");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        log.wait_durable(last).await.expect("wait");
+        // ~20 ms of appends fall inside one 400 ms linger (without it: one batch per append).
+        assert_eq!(log.stats().batches, 1, "{:?}", log.stats());
+    });
+}
+
+#[test]
+fn size_and_age_rolls() {
+    common::run(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut o = common::opts(dir.path());
+        o.segment_bytes_max = 1024;
+        let (log, _) = common::open(o.clone()).await;
+        for i in 0..40u64 {
+            log.append(0, common::payload(i, 100))
+                .await
+                .expect("append");
+        }
+        let segs = log.segments();
+        assert!(segs.len() >= 4, "{segs:?}");
+        for s in &segs {
+            assert!(s.bytes <= 1024, "{s:?}");
+        }
+        log.close().await.expect("close");
+        drop(log);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut o = common::opts(dir.path());
+        o.segment_age_max = Duration::from_millis(100);
+        let (log, _) = common::open(o).await;
+        log.append(0, common::payload(0, 10)).await.expect("append");
+        log.append(0, common::payload(1, 10)).await.expect("append");
+        assert_eq!(log.segments().len(), 1);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        log.append(0, common::payload(2, 10)).await.expect("append");
+        let segs = log.segments();
+        assert_eq!(segs.len(), 2, "{segs:?}");
+        assert_eq!(segs[1].first_offset, 2);
+        assert_eq!(log.read(2).expect("read").offset, 2);
+    });
+}
