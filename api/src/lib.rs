@@ -12,5 +12,6 @@ pub mod config;
 pub mod listener;
 pub mod problem;
 pub mod query;
+pub mod replay;
 pub mod routes;
 pub mod serve;

@@ -191,6 +191,9 @@ fn run_shard_thread(
             config,
             public_url,
         });
+        if i == 0 {
+            tokio::task::spawn_local(crate::replay::resume_all(app.clone()));
+        }
         tokio::task::spawn_local(app::serve(listener, app));
         let result = shard::run(ctx, inbox).await;
         if let Err(e) = &result {

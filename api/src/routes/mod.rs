@@ -5,6 +5,7 @@ pub mod deliveries;
 pub mod endpoints;
 pub mod health;
 pub mod ingest;
+pub mod replays;
 pub mod tenants;
 
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub async fn v1(
         (&Method::POST, ["api-keys"]) => api_keys::create(app, &caller, req).await,
         (&Method::GET, ["api-keys"]) => api_keys::list(&snapshot, &caller),
         (&Method::DELETE, ["api-keys", id]) => api_keys::delete(app, &caller, id).await,
+        (&Method::POST, ["replays"]) => replays::create(app, &caller, req).await,
+        (&Method::GET, ["replays", id]) => replays::get(app, &snapshot, &caller, id).await,
         (&Method::GET, ["deliveries"]) => deliveries::list(app, &snapshot, &caller, &req).await,
         (&Method::GET, ["deliveries", id]) => deliveries::get(app, &caller, id).await,
         _ => Err(Problem::new(Code::NotFound, format!("no route for {method} /v1/{}", path.join("/")))),

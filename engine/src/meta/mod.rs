@@ -7,5 +7,5 @@
 mod model;
 mod store;
 
-pub use model::{ApiKey, Endpoint, EndpointSecrets, MetaOp, Role, Tenant, Verification};
+pub use model::{ApiKey, Endpoint, EndpointSecrets, MetaOp, ReplayJob, Role, Tenant, Verification};
 pub use store::{Meta, MetaError, Snapshot, hash_key, parse_allowlist, parse_net};

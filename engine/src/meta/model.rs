@@ -118,6 +118,23 @@ impl Endpoint {
     }
 }
 
+/// A replay job: re-enqueue past deliveries as new ones marked `replay_of`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplayJob {
+    pub id: String,
+    pub tenant_id: String,
+    pub created_at: String,
+    /// What to replay, resolved at creation: `dl_...` ids or `dlq:<object key>` entries.
+    pub items: Vec<String>,
+    /// The new delivery of each item replayed so far, in order; `None` when the item could not
+    /// be replayed (original gone, endpoint deleted).
+    pub created: Vec<Option<String>>,
+    /// Why items could not be replayed, by item index (bounded like `items`).
+    #[serde(default)]
+    pub errors: Vec<(usize, String)>,
+    pub completed: bool,
+}
+
 /// One change to the metadata, as written to the metadata log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -127,4 +144,5 @@ pub enum MetaOp {
     DeleteEndpoint { id: String },
     PutApiKey(ApiKey),
     DeleteApiKey { id: String },
+    PutReplay(Box<ReplayJob>),
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::model::{ApiKey, Endpoint, MetaOp, Tenant};
+use super::model::{ApiKey, Endpoint, MetaOp, ReplayJob, Tenant};
 
 /// Log lines after which the state is snapshotted and the log emptied.
 pub const COMPACT_AFTER_OPS: usize = 10_000;
@@ -50,6 +50,8 @@ struct State {
     tenants: HashMap<String, Tenant>,
     endpoints: HashMap<String, Endpoint>,
     api_keys: HashMap<String, ApiKey>,
+    #[serde(default)]
+    replays: HashMap<String, ReplayJob>,
 }
 
 impl State {
@@ -70,6 +72,9 @@ impl State {
             MetaOp::DeleteApiKey { id } => {
                 self.api_keys.remove(id);
             }
+            MetaOp::PutReplay(job) => {
+                self.replays.insert(job.id.clone(), (**job).clone());
+            }
         }
     }
 }
@@ -85,6 +90,7 @@ pub struct Snapshot {
     pub api_keys: HashMap<String, Arc<ApiKey>>,
     /// API keys by the hex SHA-256 of the key.
     pub keys_by_hash: HashMap<String, Arc<ApiKey>>,
+    pub replays: HashMap<String, Arc<ReplayJob>>,
 }
 
 impl Snapshot {
@@ -118,6 +124,11 @@ impl Snapshot {
                 .map(|k| (k.hash.clone(), k.clone()))
                 .collect(),
             api_keys,
+            replays: state
+                .replays
+                .iter()
+                .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                .collect(),
         }
     }
 

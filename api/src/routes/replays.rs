@@ -1,0 +1,153 @@
+//! `POST /v1/replays` and `GET /v1/replays/{id}`.
+
+use std::rc::Rc;
+
+use hookrelay_engine::clock::{now_ms, rfc3339_ms};
+use hookrelay_engine::dlq::object::parse_rfc3339;
+use hookrelay_engine::ids::{is_valid, new_id};
+use hookrelay_engine::meta::{MetaOp, ReplayJob, Snapshot};
+use hookrelay_engine::record::Status;
+use hyper::Request;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::{App, HttpResponse};
+use crate::auth::Caller;
+use crate::body::read_json;
+use crate::problem::{Code, Problem, json_response};
+use crate::replay::{self, ITEMS_MAX, dlq_store};
+use crate::routes::meta_unavailable;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateReplay {
+    delivery_ids: Option<Vec<String>>,
+    dlq_range: Option<DlqRange>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DlqRange {
+    from: String,
+    to: String,
+    endpoint_id: Option<String>,
+}
+
+fn invalid(detail: impl Into<String>) -> Problem {
+    Problem::new(Code::ValidationFailed, detail)
+}
+
+pub async fn create(app: &Rc<App>, caller: &Caller, mut req: Request<Incoming>) -> Result<HttpResponse, Problem> {
+    let tenant_id = caller.require_admin()?.to_string();
+    let body: CreateReplay = read_json(req.body_mut()).await?;
+    let items = match (body.delivery_ids, body.dlq_range) {
+        (Some(ids), None) => {
+            if ids.is_empty() || ids.len() > ITEMS_MAX {
+                return Err(invalid(format!("delivery_ids holds 1 to {ITEMS_MAX} ids")));
+            }
+            if let Some(bad) = ids.iter().find(|id| !is_valid(id, "dl")) {
+                return Err(invalid(format!("{bad:?} is not a delivery id")));
+            }
+            ids
+        }
+        (None, Some(range)) => dlq_items(app, &tenant_id, range).await?,
+        _ => return Err(invalid("give exactly one of delivery_ids or dlq_range")),
+    };
+    let job = ReplayJob {
+        id: new_id("rp"),
+        tenant_id,
+        created_at: rfc3339_ms(now_ms()),
+        completed: items.is_empty(),
+        items,
+        created: Vec::new(),
+        errors: Vec::new(),
+    };
+    app.shard
+        .node
+        .meta()
+        .apply(vec![MetaOp::PutReplay(Box::new(job.clone()))])
+        .await
+        .map_err(meta_unavailable)?;
+    if !job.completed {
+        replay::spawn(app.clone(), job.id.clone());
+    }
+    let status = if job.completed { "completed" } else { "running" };
+    Ok(json_response(
+        202,
+        &json!({"id": job.id, "status": status, "created_at": job.created_at, "total": job.items.len(),
+                "counts": {"queued": 0, "succeeded": 0, "failed": 0}}),
+    ))
+}
+
+/// The DLQ objects of the tenant dead-lettered in `[from, to]`.
+async fn dlq_items(app: &Rc<App>, tenant_id: &str, range: DlqRange) -> Result<Vec<String>, Problem> {
+    let from = parse_rfc3339(&range.from).ok_or_else(|| invalid("dlq_range.from must be RFC 3339"))?;
+    let to = parse_rfc3339(&range.to).ok_or_else(|| invalid("dlq_range.to must be RFC 3339"))?;
+    if to < from {
+        return Err(invalid("dlq_range.to is before dlq_range.from"));
+    }
+    if let Some(ep) = &range.endpoint_id {
+        let snapshot = app.shard.node.meta().load();
+        match snapshot.endpoints.get(ep) {
+            Some(e) if e.tenant_id == tenant_id => {}
+            _ => return Err(Problem::new(Code::NotFound, format!("no endpoint {ep}"))),
+        }
+    }
+    let (store, tenant, endpoint) = (dlq_store(app), tenant_id.to_string(), range.endpoint_id);
+    let found = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+        let keys = store
+            .list_range(&tenant, endpoint.as_deref(), from, to)
+            .map_err(|e| e.to_string())?;
+        let mut items = Vec::new();
+        for key in keys {
+            // Keys are by day; the range is exact, on the object's exhausted_at.
+            let Some(obj) = store.get(&key).map_err(|e| e.to_string())? else {
+                continue;
+            };
+            if parse_rfc3339(&obj.exhausted_at).is_some_and(|t| t >= from && t <= to) {
+                items.push(format!("dlq:{key}"));
+            }
+            if items.len() > ITEMS_MAX {
+                return Err(format!("the range holds more than {ITEMS_MAX} DLQ objects; narrow it"));
+            }
+        }
+        Ok(items)
+    })
+    .await
+    .map_err(|e| Problem::new(Code::Internal, e.to_string()))?;
+    found.map_err(invalid)
+}
+
+pub async fn get(app: &Rc<App>, snapshot: &Snapshot, caller: &Caller, id: &str) -> Result<HttpResponse, Problem> {
+    let job = match snapshot.replays.get(id) {
+        Some(j) if caller.key.tenant_id.as_deref() == Some(j.tenant_id.as_str()) => j.clone(),
+        _ => return Err(Problem::new(Code::NotFound, format!("no replay {id}"))),
+    };
+    let (mut succeeded, mut failed) = (0u64, 0u64);
+    let created: Vec<&String> = job.created.iter().flatten().collect();
+    for delivery_id in &created {
+        match app.shard.delivery(delivery_id).await.map(|d| d.status) {
+            Some(s) if s == Status::Success.as_str() => succeeded += 1,
+            Some(s) if s == Status::Failed.as_str() || s == Status::Exhausted.as_str() => failed += 1,
+            _ => {}
+        }
+    }
+    let errors: Vec<_> = job
+        .errors
+        .iter()
+        .map(|(i, reason)| json!({"item": job.items.get(*i), "error": reason}))
+        .collect();
+    Ok(json_response(
+        200,
+        &json!({
+            "id": job.id,
+            "status": if job.completed { "completed" } else { "running" },
+            "created_at": job.created_at,
+            "total": job.items.len(),
+            "counts": {"queued": created.len(), "succeeded": succeeded, "failed": failed},
+            "skipped": errors.len(),
+            "errors": errors,
+        }),
+    ))
+}
