@@ -20,6 +20,9 @@ use crate::state_table::StateTable;
 const DISPATCH_BATCH_MAX: usize = 1024;
 /// Longest the event loop sleeps without looking at the clock (clock jumps, refills).
 const IDLE_TICK: Duration = Duration::from_millis(500);
+/// How often the shard checkpoints its idempotency index, flushes its state table and drops
+/// expired idempotency buckets. Each is a few msyncs on this thread: bounded, and rare.
+const MAINTENANCE_EVERY_MS: u64 = 60_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -143,11 +146,16 @@ impl ShardCore {
         let mut meta_changes = self.node.meta().subscribe();
         let mut out = Vec::new();
         let mut orphans = Vec::new();
+        let mut maintained_ms = now_ms();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let now = now_ms();
+            if now.saturating_sub(maintained_ms) >= MAINTENANCE_EVERY_MS {
+                maintained_ms = now;
+                self.maintain(now);
+            }
             self.refill_overflowed(now);
             let slots = self
                 .node
@@ -206,16 +214,33 @@ impl ShardCore {
         while self.attempts_running.get() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Err(e) = self.idem.borrow_mut().checkpoint(self.log.durable_offset()) {
-            tracing::warn!(shard = self.id, error = %e, "idempotency checkpoint failed");
-        }
-        if let Err(e) = self.table.borrow().flush() {
-            tracing::warn!(shard = self.id, error = %e, "state table flush failed");
-        }
         if let Err(e) = self.log.close().await {
             tracing::error!(shard = self.id, error = %e, "closing the log failed");
         }
+        self.maintain(now_ms());
         tracing::info!(shard = self.id, "shard stopped");
+    }
+
+    /// Periodic upkeep: a recovery after a crash replays the idempotency index only from the
+    /// last checkpoint, and expired day buckets are deleted whole.
+    fn maintain(&self, now: u64) {
+        let mut idem = self.idem.borrow_mut();
+        match idem.expire(now) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(shard = self.id, buckets = n, "expired idempotency buckets"),
+            Err(e) => tracing::warn!(shard = self.id, error = %e, "idempotency expiry failed"),
+        }
+        // Every durable record was indexed at append time, before its fsync.
+        let through = self.log.durable_offset();
+        if through > idem.indexed_through()
+            && let Err(e) = idem.checkpoint(through)
+        {
+            tracing::warn!(shard = self.id, error = %e, "idempotency checkpoint failed");
+        }
+        drop(idem);
+        if let Err(e) = self.table.borrow().flush() {
+            tracing::warn!(shard = self.id, error = %e, "state table flush failed");
+        }
     }
 
     /// Refills queues that overflowed into the log and have room again.

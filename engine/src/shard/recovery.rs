@@ -93,7 +93,11 @@ impl ShardCore {
         let (lo, hi) = seqs.unwrap_or((0, 0));
         self.next_seq.set(hi);
         let (queued, dead_letters) = self.requeue(lo, hi, now).await;
-        if let Err(e) = self.idem.borrow_mut().checkpoint(self.log.next_offset()) {
+        // A torn tail may have cut records the index had already seen: never move back.
+        let through = self.log.next_offset();
+        if through > self.idem.borrow().indexed_through()
+            && let Err(e) = self.idem.borrow_mut().checkpoint(through)
+        {
             tracing::warn!(shard = self.id, error = %e, "idempotency checkpoint failed");
         }
         if let Err(e) = self.table.borrow().flush() {
