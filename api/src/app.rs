@@ -91,8 +91,10 @@ pub async fn route(app: &Rc<App>, peer: SocketAddr, req: Request<Incoming>) -> H
         }
         (&Method::GET, ["healthz"]) => routes::health::healthz(),
         (&Method::GET, ["readyz"]) => routes::health::readyz(app),
+        (&Method::GET, ["v1", "openapi.json"]) => routes::openapi::get(),
+        (&Method::GET, ["metrics"]) => routes::metrics::prometheus(app).await,
         (_, ["v1", ..]) => routes::v1(app, peer, method, &segments[1..], req).await,
-        (_, ["ingest", _]) | (_, ["healthz"]) | (_, ["readyz"]) => {
+        (_, ["ingest", _]) | (_, ["healthz"]) | (_, ["readyz"]) | (_, ["metrics"]) => {
             Problem::new(Code::MethodNotAllowed, format!("{method} is not allowed on {path}"))
                 .into_response()
         }

@@ -59,13 +59,16 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     e.circuit_failures_to_open = config.delivery.circuit_failures_to_open as u32;
     e.circuit_probe_interval = Duration::from_millis(config.delivery.circuit_probe_interval_ms);
     e.idempotency_ttl = Duration::from_secs(u64::from(config.retention.idempotency_days as u32) * 86_400);
+    e.deliveries_retention = Duration::from_secs(config.retention.deliveries_days.saturating_mul(86_400));
     e.shutdown_timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
     e
 }
 
 /// Runs the service until a signal stops it.
 pub fn serve(config: Config) -> anyhow::Result<()> {
-    let node = Node::open(engine_config(&config)).context("opening the data dir")?;
+    let mut engine = engine_config(&config);
+    engine.master_key = master_key_from_env()?;
+    let node = Node::open(engine).context("opening the data dir")?;
     bootstrap_root_key(&node)?;
     let listen: SocketAddr = config.server.listen;
     let public_url = config.public_url();
@@ -124,6 +127,21 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `HOOKRELAY_MASTER_KEY`: base64 of 32 bytes, the key that seals tenants' data keys. Keep it
+/// outside the data dir (a secrets manager, a systemd credential) in production.
+fn master_key_from_env() -> anyhow::Result<Option<hookrelay_engine::seal::SecretKey>> {
+    use base64::Engine as _;
+    match std::env::var("HOOKRELAY_MASTER_KEY") {
+        Err(_) => Ok(None),
+        Ok(v) => base64::engine::general_purpose::STANDARD
+            .decode(v.trim())
+            .ok()
+            .and_then(|b| hookrelay_engine::seal::SecretKey::from_bytes(&b))
+            .map(Some)
+            .context("HOOKRELAY_MASTER_KEY must be base64 of 32 bytes (e.g. `openssl rand -base64 32`)"),
+    }
 }
 
 /// Waits for SIGTERM or SIGINT.

@@ -6,6 +6,7 @@
 //! Read first: [`node::Node`] (what all threads share), [`shard`] (one thread's state and the
 //! hot path), [`record`] (what goes into the log), [`meta`] (tenants, endpoints, keys).
 
+pub mod audit;
 pub mod backoff;
 pub mod clock;
 pub mod delivery;
@@ -13,8 +14,10 @@ pub mod dlq;
 pub mod idempotency;
 pub mod ids;
 pub mod meta;
+pub mod metrics;
 pub mod node;
 pub mod record;
+pub mod seal;
 pub mod shard;
 pub mod signing;
 pub mod state_table;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::audit::{self, AuditStore};
 use crate::ids::SHARDS_MAX;
 use crate::meta::{Meta, MetaError};
 use crate::shard::ShardMsg;
@@ -34,7 +35,12 @@ pub struct EngineConfig {
     pub circuit_failures_to_open: u32,
     pub circuit_probe_interval: Duration,
     pub idempotency_ttl: Duration,
+    /// How long deliveries are kept (`retention.deliveries_days`): whole log segments older than
+    /// this whose deliveries are all settled are deleted (`shard/retention.rs`). Zero keeps them.
+    pub deliveries_retention: Duration,
     pub shutdown_timeout: Duration,
+    /// Seals tenants' data keys; `None` = `<data_dir>/meta/master.key`, created on first start.
+    pub master_key: Option<crate::seal::SecretKey>,
 }
 
 impl EngineConfig {
@@ -57,7 +63,9 @@ impl EngineConfig {
             circuit_failures_to_open: 20,
             circuit_probe_interval: Duration::from_secs(30),
             idempotency_ttl: Duration::from_secs(7 * 24 * 3600),
+            deliveries_retention: Duration::from_secs(30 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(25),
+            master_key: None,
         }
     }
 }
@@ -65,6 +73,7 @@ impl EngineConfig {
 struct Inner {
     config: EngineConfig,
     meta: Meta,
+    audit: AuditStore,
     inboxes: Vec<mpsc::Sender<ShardMsg>>,
     receivers: std::sync::Mutex<Vec<Option<mpsc::Receiver<ShardMsg>>>>,
     ready_shards: AtomicUsize,
@@ -83,6 +92,8 @@ pub struct Node {
 pub enum NodeError {
     #[error(transparent)]
     Meta(#[from] MetaError),
+    #[error(transparent)]
+    Audit(#[from] audit::Error),
     #[error("{0}")]
     Config(String),
     #[error("data dir {path}: {source}")]
@@ -132,7 +143,8 @@ impl Node {
                 })?;
             }
         }
-        let meta = Meta::open(&dir.join("meta"))?;
+        let meta = Meta::open_with_master(&dir.join("meta"), config.master_key.clone())?;
+        let audit = AuditStore::open(&dir.join("audit"), crate::clock::now_ms())?;
         let mut inboxes = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..config.shards {
@@ -146,6 +158,7 @@ impl Node {
             inner: Arc::new(Inner {
                 config,
                 meta,
+                audit,
                 inboxes,
                 receivers: std::sync::Mutex::new(receivers),
                 ready_shards: AtomicUsize::new(0),
@@ -164,6 +177,10 @@ impl Node {
     }
     pub fn meta(&self) -> &Meta {
         &self.inner.meta
+    }
+    /// The audit log of changes made through the management API.
+    pub fn audit(&self) -> &AuditStore {
+        &self.inner.audit
     }
 
     /// The receiving end of shard `i`'s inbox; each can be taken once.

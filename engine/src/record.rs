@@ -14,8 +14,11 @@ pub const TYPE_ATTEMPTED: u8 = 2;
 /// Record type of [`DeadLettered`].
 pub const TYPE_DEAD_LETTERED: u8 = 3;
 
-/// Payload format version written today.
+/// Payload format version of records whose fields are all in the clear.
 const VERSION: u8 = 1;
+/// Version of an `Ingested` record whose headers and body are sealed under the tenant's data key
+/// (see [`crate::seal`]); everything else stays readable for recovery and indexes.
+const VERSION_SEALED: u8 = 2;
 /// Most headers one ingested record may carry (the API enforces its own, lower limit).
 pub const HEADERS_MAX: usize = 256;
 
@@ -72,9 +75,15 @@ pub struct Ingested {
     pub idempotency_key: String,
     pub body_hash: u64,
     pub replay_of: Option<String>,
-    /// Headers as received from the sender (lower-case names), in arrival order.
+    /// Headers as received from the sender (lower-case names), in arrival order. Empty while
+    /// the record is sealed.
     pub headers: Vec<(String, Bytes)>,
+    /// Empty while the record is sealed.
     pub body: Bytes,
+    /// Generation of the tenant data key the payload is sealed under (0: not sealed).
+    pub key_generation: u32,
+    /// `nonce || ciphertext` of headers and body, until [`Ingested::unseal`].
+    pub sealed: Option<Bytes>,
 }
 
 /// The outcome of one attempt, and the delivery's state after it.
@@ -121,18 +130,83 @@ impl Ingested {
         put_str(&mut b, &self.idempotency_key);
         b.put_u64_le(self.body_hash);
         put_str(&mut b, self.replay_of.as_deref().unwrap_or(""));
-        assert!(self.headers.len() <= HEADERS_MAX);
-        b.put_u16_le(self.headers.len() as u16);
-        for (name, value) in &self.headers {
-            put_str(&mut b, name);
-            put_bytes(&mut b, value);
-        }
-        put_bytes(&mut b, &self.body);
+        self.put_payload(&mut b);
         b.freeze()
     }
 
+    /// Like [`Ingested::encode`], with headers and body sealed under `key` (generation `generation`
+    /// of the tenant's data key), bound to the delivery id.
+    pub fn encode_sealed(&self, generation: u32, key: &crate::seal::SecretKey) -> Bytes {
+        assert!(generation > 0, "generation 0 means not sealed");
+        let mut inner = BytesMut::with_capacity(16 + self.body.len() + 64 * self.headers.len());
+        self.put_payload(&mut inner);
+        let sealed = key.seal(&inner, self.delivery_id.as_bytes());
+        let mut b = BytesMut::with_capacity(160 + sealed.len());
+        b.put_u8(VERSION_SEALED);
+        b.put_u64_le(self.seq);
+        put_str(&mut b, &self.delivery_id);
+        put_str(&mut b, &self.tenant_id);
+        put_str(&mut b, &self.endpoint_id);
+        b.put_u64_le(self.received_at_ms);
+        put_str(&mut b, &self.idempotency_key);
+        b.put_u64_le(self.body_hash);
+        put_str(&mut b, self.replay_of.as_deref().unwrap_or(""));
+        b.put_u32_le(generation);
+        put_bytes(&mut b, &sealed);
+        b.freeze()
+    }
+
+    fn put_payload(&self, b: &mut BytesMut) {
+        assert!(self.headers.len() <= HEADERS_MAX);
+        b.put_u16_le(self.headers.len() as u16);
+        for (name, value) in &self.headers {
+            put_str(b, name);
+            put_bytes(b, value);
+        }
+        put_bytes(b, &self.body);
+    }
+
+    fn get_payload(p: &mut Bytes) -> Result<(Vec<(String, Bytes)>, Bytes), DecodeError> {
+        let count = get_u16(p)? as usize;
+        if count > HEADERS_MAX {
+            return Err(DecodeError("too many headers"));
+        }
+        let mut headers = Vec::with_capacity(count);
+        for _ in 0..count {
+            let name = get_str(p)?;
+            let value = get_bytes(p)?;
+            headers.push((name, value));
+        }
+        let body = get_bytes(p)?;
+        Ok((headers, body))
+    }
+
+    /// True while headers and body are still sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.is_some()
+    }
+
+    /// Opens the sealed headers and body with the tenant's data key of `key_generation`.
+    pub fn unseal(&mut self, key: &crate::seal::SecretKey) -> Result<(), DecodeError> {
+        let Some(sealed) = self.sealed.take() else {
+            return Ok(());
+        };
+        let plain = key
+            .open(&sealed, self.delivery_id.as_bytes())
+            .map_err(|_| DecodeError("sealed payload does not open with this key"))?;
+        let mut p = Bytes::from(plain);
+        let (headers, body) = Self::get_payload(&mut p)?;
+        self.headers = headers;
+        self.body = body;
+        Ok(())
+    }
+
     pub fn decode(mut p: Bytes) -> Result<Ingested, DecodeError> {
-        version(&mut p)?;
+        let sealed_format = match get_u8(&mut p)? {
+            VERSION => false,
+            VERSION_SEALED => true,
+            _ => return Err(DecodeError("unknown payload version")),
+        };
         let seq = get_u64(&mut p)?;
         let delivery_id = get_str(&mut p)?;
         let tenant_id = get_str(&mut p)?;
@@ -141,17 +215,13 @@ impl Ingested {
         let idempotency_key = get_str(&mut p)?;
         let body_hash = get_u64(&mut p)?;
         let replay_of = Some(get_str(&mut p)?).filter(|s| !s.is_empty());
-        let count = get_u16(&mut p)? as usize;
-        if count > HEADERS_MAX {
-            return Err(DecodeError("too many headers"));
-        }
-        let mut headers = Vec::with_capacity(count);
-        for _ in 0..count {
-            let name = get_str(&mut p)?;
-            let value = get_bytes(&mut p)?;
-            headers.push((name, value));
-        }
-        let body = get_bytes(&mut p)?;
+        let (headers, body, key_generation, sealed) = if sealed_format {
+            let generation = get_u32(&mut p)?;
+            (Vec::new(), Bytes::new(), generation, Some(get_bytes(&mut p)?))
+        } else {
+            let (headers, body) = Self::get_payload(&mut p)?;
+            (headers, body, 0, None)
+        };
         Ok(Ingested {
             seq,
             delivery_id,
@@ -163,6 +233,8 @@ impl Ingested {
             replay_of,
             headers,
             body,
+            key_generation,
+            sealed,
         })
     }
 }
@@ -313,6 +385,8 @@ mod tests {
                 idempotency_key: key, body_hash: hash, replay_of: replay,
                 headers: headers.into_iter().map(|(n, v)| (n, Bytes::from(v))).collect(),
                 body: Bytes::from(body),
+                key_generation: 0,
+                sealed: None,
             };
             let enc = r.encode();
             prop_assert_eq!(seq_of(&enc), Some(seq));
@@ -331,6 +405,36 @@ mod tests {
             let r = Attempted { seq, n, at_ms: at, status_code: code, error: err, latency_ms: lat, status_after: st, next_due_ms: due, prev_offset: prev };
             prop_assert_eq!(Attempted::decode(r.encode()).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn sealed_ingested_round_trips_only_with_its_key() {
+        let key = crate::seal::SecretKey::generate();
+        let r = Ingested {
+            seq: 3,
+            delivery_id: "dl_x".into(),
+            tenant_id: "tn_x".into(),
+            endpoint_id: "ep_x".into(),
+            received_at_ms: 5,
+            idempotency_key: "k".into(),
+            body_hash: 7,
+            replay_of: None,
+            headers: vec![("a".into(), Bytes::from_static(b"b"))],
+            body: Bytes::from_static(b"secret payload"),
+            key_generation: 0,
+            sealed: None,
+        };
+        let enc = r.encode_sealed(4, &key);
+        assert!(!enc.windows(14).any(|w| w == b"secret payload"), "payload must not be in the clear");
+        let mut d = Ingested::decode(enc).unwrap();
+        assert!(d.is_sealed() && d.body.is_empty() && d.key_generation == 4);
+        assert_eq!((d.seq, d.endpoint_id.as_str(), d.idempotency_key.as_str()), (3, "ep_x", "k"));
+        let mut wrong = d.clone();
+        assert!(wrong.unseal(&crate::seal::SecretKey::generate()).is_err());
+        d.unseal(&key).unwrap();
+        assert_eq!(d.body, r.body);
+        assert_eq!(d.headers, r.headers);
+        assert!(!d.is_sealed());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`server`]: spawn, kill -9, SIGTERM and restart the binary on a temporary data dir.
 //! - [`http`]: a small HTTP client that returns status, headers and body.
 //! - [`api`]: the management and ingest calls the tests repeat (tenants, endpoints, deliveries).
+//! - [`audit`]: management calls with a chosen User-Agent, and reading `GET /v1/audit`.
 //! - [`receiver`]: a scriptable local HTTP server that records what HookRelay sends it.
 //! - [`signing`]: sender-side signatures for every verification mode, and the Standard Webhooks
 //!   check of what HookRelay forwards.
@@ -18,6 +19,7 @@
 //! links the product's crates, so a test passes only through the binary's real outside.
 
 pub mod api;
+pub mod audit;
 pub mod http;
 pub mod payload;
 pub mod problem;

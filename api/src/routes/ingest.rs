@@ -24,7 +24,16 @@ const DRAIN_BYTES_MAX: u64 = 64 << 20;
 /// ... and for how long at most.
 const DRAIN_TIME_MAX: Duration = Duration::from_secs(10);
 
-pub async fn ingest(app: &Rc<App>, peer: SocketAddr, endpoint_id: &str, mut req: Request<Incoming>) -> HttpResponse {
+/// Handles one ingest request and counts its answer (status code, latency) in this thread's
+/// ingest metrics (`hookrelay_ingest_requests_total`, `hookrelay_ingest_latency_seconds`).
+pub async fn ingest(app: &Rc<App>, peer: SocketAddr, endpoint_id: &str, req: Request<Incoming>) -> HttpResponse {
+    let started = std::time::Instant::now();
+    let response = handle(app, peer, endpoint_id, req).await;
+    hookrelay_engine::metrics::ingest::record_ingest(response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn handle(app: &Rc<App>, peer: SocketAddr, endpoint_id: &str, mut req: Request<Incoming>) -> HttpResponse {
     let snapshot = app.shard.node.meta().load();
     let Some(endpoint) = snapshot.endpoints.get(endpoint_id).cloned() else {
         return Problem::new(Code::NotFound, format!("no endpoint {endpoint_id}")).into_response();

@@ -1,12 +1,17 @@
-//! One file per resource. [`v1`] authenticates and dispatches the management API.
+//! One file per resource. [`v1`] authenticates and dispatches the management API, and records
+//! every change that succeeded in the audit log ([`audit::record`]).
 
 pub mod api_keys;
+pub mod audit;
 pub mod deliveries;
 pub mod endpoints;
 pub mod health;
 pub mod ingest;
+pub mod metrics;
+pub mod openapi;
 pub mod replays;
 pub mod tenants;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -21,7 +26,7 @@ use crate::problem::{Code, Problem};
 /// `/v1/...`: every route needs an API key.
 pub async fn v1(
     app: &Rc<App>,
-    _peer: SocketAddr,
+    peer: SocketAddr,
     method: Method,
     path: &[&str],
     req: Request<Incoming>,
@@ -31,9 +36,13 @@ pub async fn v1(
         Ok(c) => c,
         Err(p) => return p.into_response(),
     };
+    let user_agent = audit::is_change(&method)
+        .then(|| audit::user_agent(req.headers()))
+        .flatten();
     let result = match (&method, path) {
         (&Method::POST, ["tenants"]) => tenants::create(app, &caller, req).await,
         (&Method::GET, ["tenants", id]) => tenants::get(&snapshot, &caller, id),
+        (&Method::DELETE, ["tenants", id, "data"]) => tenants::purge(app, &caller, id).await,
         (&Method::POST, ["endpoints"]) => endpoints::create(app, &caller, req).await,
         (&Method::GET, ["endpoints"]) => endpoints::list(app, &snapshot, &caller, &req),
         (&Method::GET, ["endpoints", id]) => endpoints::get(app, &snapshot, &caller, id),
@@ -49,9 +58,16 @@ pub async fn v1(
         (&Method::GET, ["replays", id]) => replays::get(app, &snapshot, &caller, id).await,
         (&Method::GET, ["deliveries"]) => deliveries::list(app, &snapshot, &caller, &req).await,
         (&Method::GET, ["deliveries", id]) => deliveries::get(app, &caller, id).await,
+        (&Method::GET, ["metrics"]) => metrics::get(app, &snapshot, &caller, &req).await,
+        (&Method::GET, ["usage"]) => usage::get(app, &snapshot, &caller, &req).await,
+        (&Method::GET, ["audit"]) => audit::list(app, &snapshot, &caller, &req).await,
         _ => Err(Problem::new(Code::NotFound, format!("no route for {method} /v1/{}", path.join("/")))),
     };
-    result.unwrap_or_else(Problem::into_response)
+    let response = result.unwrap_or_else(Problem::into_response);
+    if audit::is_change(&method) && response.status().is_success() {
+        return audit::record(app, &caller, peer, user_agent, &method, path, response).await;
+    }
+    response
 }
 
 /// Maps a metadata write failure to 503: the change was not made.

@@ -7,5 +7,9 @@
 mod model;
 mod store;
 
-pub use model::{ApiKey, Endpoint, EndpointSecrets, MetaOp, ReplayJob, Role, Tenant, Verification};
-pub use store::{Meta, MetaError, Snapshot, hash_key, parse_allowlist, parse_net};
+pub use model::{
+    ApiKey, Endpoint, EndpointSecrets, MetaOp, ReplayJob, Role, Tenant, TenantKey, Verification,
+};
+pub use store::{
+    Meta, MetaError, Snapshot, hash_key, parse_allowlist, parse_net, seal_tenant_key,
+};

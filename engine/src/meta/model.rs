@@ -135,6 +135,14 @@ pub struct ReplayJob {
     pub completed: bool,
 }
 
+/// A tenant's data key as stored: sealed under the node's master key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TenantKey {
+    pub generation: u32,
+    /// Base64 of `nonce || ciphertext` of the 32-byte key, bound to `"<tenant_id>/<generation>"`.
+    pub sealed: String,
+}
+
 /// One change to the metadata, as written to the metadata log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -145,4 +153,8 @@ pub enum MetaOp {
     PutApiKey(ApiKey),
     DeleteApiKey { id: String },
     PutReplay(Box<ReplayJob>),
+    PutTenantKey { tenant_id: String, key: TenantKey },
+    /// GDPR purge: the tenant's API keys and replay jobs go, and its data key is replaced by a
+    /// new generation, so every payload sealed under the old one is unreadable for good.
+    PurgeTenant { tenant_id: String, key: TenantKey },
 }

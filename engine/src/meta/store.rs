@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::model::{ApiKey, Endpoint, MetaOp, ReplayJob, Tenant};
+use super::model::{ApiKey, Endpoint, MetaOp, ReplayJob, Tenant, TenantKey};
+use crate::seal::SecretKey;
+use base64::Engine as _;
 
 /// Log lines after which the state is snapshotted and the log emptied.
 pub const COMPACT_AFTER_OPS: usize = 10_000;
@@ -52,6 +54,8 @@ struct State {
     api_keys: HashMap<String, ApiKey>,
     #[serde(default)]
     replays: HashMap<String, ReplayJob>,
+    #[serde(default)]
+    tenant_keys: HashMap<String, TenantKey>,
 }
 
 impl State {
@@ -75,6 +79,15 @@ impl State {
             MetaOp::PutReplay(job) => {
                 self.replays.insert(job.id.clone(), (**job).clone());
             }
+            MetaOp::PutTenantKey { tenant_id, key } => {
+                self.tenant_keys.insert(tenant_id.clone(), key.clone());
+            }
+            MetaOp::PurgeTenant { tenant_id, key } => {
+                self.api_keys
+                    .retain(|_, k| k.tenant_id.as_deref() != Some(tenant_id.as_str()));
+                self.replays.retain(|_, j| j.tenant_id != *tenant_id);
+                self.tenant_keys.insert(tenant_id.clone(), key.clone());
+            }
         }
     }
 }
@@ -91,10 +104,12 @@ pub struct Snapshot {
     /// API keys by the hex SHA-256 of the key.
     pub keys_by_hash: HashMap<String, Arc<ApiKey>>,
     pub replays: HashMap<String, Arc<ReplayJob>>,
+    /// Each tenant's current data key generation and key, opened with the master key.
+    pub data_keys: HashMap<String, (u32, Arc<SecretKey>)>,
 }
 
 impl Snapshot {
-    fn build(state: &State, version: u64) -> Snapshot {
+    fn build(state: &State, version: u64, master: &SecretKey) -> Snapshot {
         let mut allowlists = HashMap::new();
         for e in state.endpoints.values() {
             if let Some(list) = &e.allowed_source_ips {
@@ -129,6 +144,17 @@ impl Snapshot {
                 .iter()
                 .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
                 .collect(),
+            data_keys: state
+                .tenant_keys
+                .iter()
+                .filter_map(|(tenant, k)| match open_tenant_key(master, tenant, k) {
+                    Some(key) => Some((tenant.clone(), (k.generation, Arc::new(key)))),
+                    None => {
+                        tracing::error!(%tenant, "tenant data key does not open with the master key");
+                        None
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -149,6 +175,23 @@ impl Snapshot {
             Some(nets) => nets.iter().any(|n| n.contains(&ip)),
         }
     }
+}
+
+/// Seals a new data key for `tenant_id` under the master key.
+pub fn seal_tenant_key(master: &SecretKey, tenant_id: &str, generation: u32, key: &SecretKey) -> TenantKey {
+    let context = format!("{tenant_id}/{generation}");
+    TenantKey {
+        generation,
+        sealed: base64::engine::general_purpose::STANDARD.encode(master.seal(key.as_bytes(), context.as_bytes())),
+    }
+}
+
+fn open_tenant_key(master: &SecretKey, tenant_id: &str, k: &TenantKey) -> Option<SecretKey> {
+    let sealed = base64::engine::general_purpose::STANDARD.decode(&k.sealed).ok()?;
+    let plain = master
+        .open(&sealed, format!("{tenant_id}/{}", k.generation).as_bytes())
+        .ok()?;
+    SecretKey::from_bytes(&plain)
 }
 
 /// Parses CIDRs and bare addresses; entries that fail were refused at write time already.
@@ -178,6 +221,7 @@ struct Writer {
 
 struct Inner {
     dir: PathBuf,
+    master: SecretKey,
     writer: Mutex<Writer>,
     snapshot: ArcSwap<Snapshot>,
     changed: watch::Sender<u64>,
@@ -191,7 +235,14 @@ pub struct Meta {
 
 impl Meta {
     /// Opens (or creates) the store in `dir`, loading the snapshot and replaying the log.
+    /// Opens (or creates) the store in `dir`; `master` opens the tenants' data keys.
     pub fn open(dir: &Path) -> Result<Meta, MetaError> {
+        Self::open_with_master(dir, None)
+    }
+
+    /// Like [`Meta::open`] with the master key given (e.g. from `HOOKRELAY_MASTER_KEY`); without
+    /// one it is read from, or created in, `<dir>/master.key` (mode 0600).
+    pub fn open_with_master(dir: &Path, master: Option<SecretKey>) -> Result<Meta, MetaError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let snap_path = dir.join("meta.snapshot.json");
         let mut state = match std::fs::read(&snap_path) {
@@ -219,11 +270,16 @@ impl Meta {
             log.sync_all().map_err(io(&log_path))?;
         }
         let version = ops.len() as u64;
-        let snapshot = Snapshot::build(&state, version);
+        let master = match master {
+            Some(k) => k,
+            None => load_or_create_master(dir)?,
+        };
+        let snapshot = Snapshot::build(&state, version, &master);
         let (changed, _) = watch::channel(version);
         Ok(Meta {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
+                master,
                 writer: Mutex::new(Writer {
                     state,
                     log,
@@ -235,6 +291,11 @@ impl Meta {
                 changed,
             }),
         })
+    }
+
+    /// The node's master key (seals tenants' data keys).
+    pub fn master_key(&self) -> &SecretKey {
+        &self.inner.master
     }
 
     /// The current snapshot.
@@ -275,12 +336,20 @@ impl Meta {
         }
         w.log_lines += ops.len();
         w.version += ops.len() as u64;
-        if w.log_lines >= COMPACT_AFTER_OPS
+        let purged = ops.iter().any(|op| matches!(op, MetaOp::PurgeTenant { .. }));
+        if purged {
+            // The old data key is in the log's lines: rewrite the snapshot and empty the log
+            // now, or the purge is not real. A failure here fails the purge.
+            if let Err(e) = compact(&inner.dir, &mut w) {
+                w.poisoned = true;
+                return Err(e);
+            }
+        } else if w.log_lines >= COMPACT_AFTER_OPS
             && let Err(e) = compact(&inner.dir, &mut w)
         {
             tracing::warn!(error = %e, "metadata snapshot failed; the log keeps growing");
         }
-        let snapshot = Arc::new(Snapshot::build(&w.state, w.version));
+        let snapshot = Arc::new(Snapshot::build(&w.state, w.version, &inner.master));
         inner.snapshot.store(snapshot.clone());
         inner.changed.send_replace(w.version);
         Ok(snapshot)
@@ -293,6 +362,36 @@ impl Meta {
         tokio::task::spawn_blocking(move || me.apply_blocking(&ops))
             .await
             .unwrap_or(Err(MetaError::Poisoned))
+    }
+}
+
+/// The master key file: 32 random bytes, created once with mode 0600.
+fn load_or_create_master(dir: &Path) -> Result<SecretKey, MetaError> {
+    let path = dir.join("master.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => SecretKey::from_bytes(&bytes).ok_or_else(|| MetaError::Corrupt {
+            path: path.clone(),
+            line: 0,
+            reason: "a master key is 32 bytes".into(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = SecretKey::generate();
+            let tmp = dir.join("master.key.tmp");
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io(&tmp))?;
+            f.write_all(key.as_bytes()).map_err(io(&tmp))?;
+            f.sync_all().map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io(&path))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+            Ok(key)
+        }
+        Err(e) => Err(io(&path)(e)),
     }
 }
 

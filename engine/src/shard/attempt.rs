@@ -9,6 +9,7 @@ use crate::delivery::classify::{Outcome, classify, error_class};
 use crate::delivery::client::AttemptRequest;
 use crate::meta::Endpoint;
 use crate::record::{Attempted, Ingested, Status, TYPE_ATTEMPTED};
+use crate::shard::query::ReadError;
 use crate::shard::core::ShardCore;
 use crate::shard::scheduler::{Done, Entry};
 use crate::signing;
@@ -50,14 +51,13 @@ async fn attempt(core: &Rc<ShardCore>, endpoint_id: &str, mut entry: Entry) {
         core.finish_without_attempt(endpoint_id, entry, "endpoint_deleted").await;
         return;
     };
-    let record = match core
-        .log
-        .read(entry.ingest_offset)
-        .map_err(|e| e.to_string())
-        .and_then(|r| Ingested::decode(r.payload).map_err(|e| e.to_string()))
-    {
+    let record = match core.read_ingested(entry.ingest_offset, true) {
         Ok(r) => r,
-        Err(reason) => {
+        Err(ReadError::Purged) => {
+            core.finish_without_attempt(endpoint_id, entry, "purged").await;
+            return;
+        }
+        Err(ReadError::Unreadable(reason)) => {
             // Corruption under a live delivery: say so loudly; it cannot be forwarded.
             tracing::error!(shard = core.id, offset = entry.ingest_offset, %reason, "ingest record unreadable");
             core.finish_without_attempt(endpoint_id, entry, "record_unreadable").await;
@@ -123,8 +123,10 @@ impl ShardCore {
     pub(crate) async fn book(self: &Rc<Self>, endpoint_id: &str, entry: &mut Entry, booked: Attempted, done: Done) {
         let status_after = booked.status_after;
         let next_due_ms = booked.next_due_ms;
+        let usage = self.usage_pending(&booked);
         match self.log.append(TYPE_ATTEMPTED, booked.encode()).await {
             Ok(offset) => {
+                self.note_attempt(endpoint_id, &booked, offset, usage);
                 entry.last_offset = offset;
                 entry.attempts = entry.attempts.max(booked.n);
                 let mut table = self.table.borrow_mut();

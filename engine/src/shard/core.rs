@@ -59,6 +59,10 @@ pub struct ShardCore {
     pub(crate) to_dead_letter: RefCell<VecDeque<u64>>,
     pub(crate) dead_letter_running: Cell<bool>,
     pub(crate) attempts_running: Cell<usize>,
+    /// Delivery metrics and usage (`metrics.rs`, [`crate::metrics`]).
+    pub(crate) metrics: RefCell<crate::metrics::ShardMetrics>,
+    /// Retention of deliveries: the lowest live seq and pass progress (`retention.rs`).
+    pub(crate) retention: super::retention::Retention,
 }
 
 impl ShardCore {
@@ -126,6 +130,10 @@ impl ShardCore {
             to_dead_letter: RefCell::new(VecDeque::new()),
             dead_letter_running: Cell::new(false),
             attempts_running: Cell::new(0),
+            metrics: RefCell::new(crate::metrics::ShardMetrics::new(
+                crate::metrics::usage::Usage::open(&dir.join("usage.json")),
+            )),
+            retention: super::retention::Retention::default(),
             node,
         });
         core.recover().await?;
@@ -182,10 +190,16 @@ impl ShardCore {
                 );
             }
             for (endpoint, entry) in out.drain(..) {
+                if self.drop_if_ended(&endpoint, entry, true) {
+                    continue;
+                }
                 self.attempts_running.set(self.attempts_running.get() + 1);
                 tokio::task::spawn_local(super::attempt::run(self.clone(), endpoint, entry));
             }
             for (endpoint, entry) in orphans.drain(..) {
+                if self.drop_if_ended(&endpoint, entry, false) {
+                    continue;
+                }
                 self.finish_orphan(&endpoint, entry);
             }
             let sleep_for = match self.sched.borrow().next_wake_ms() {
@@ -214,6 +228,7 @@ impl ShardCore {
         while self.attempts_running.get() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.persist_usage_blocking();
         if let Err(e) = self.log.close().await {
             tracing::error!(shard = self.id, error = %e, "closing the log failed");
         }
@@ -222,8 +237,10 @@ impl ShardCore {
     }
 
     /// Periodic upkeep: a recovery after a crash replays the idempotency index only from the
-    /// last checkpoint, and expired day buckets are deleted whole.
-    fn maintain(&self, now: u64) {
+    /// last checkpoint, and expired day buckets are deleted whole; a retention pass deletes
+    /// expired log segments (on its own task).
+    fn maintain(self: &Rc<Self>, now: u64) {
+        self.start_retention(now);
         let mut idem = self.idem.borrow_mut();
         match idem.expire(now) {
             Ok(0) => {}
@@ -289,10 +306,7 @@ impl ShardCore {
 
     /// The endpoint id of the delivery ingested at `offset`.
     pub(crate) fn endpoint_of(&self, offset: u64) -> Option<String> {
-        let rec = self.log.read(offset).ok()?;
-        crate::record::Ingested::decode(rec.payload)
-            .ok()
-            .map(|i| i.endpoint_id)
+        self.read_ingested(offset, false).ok().map(|i| i.endpoint_id)
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {

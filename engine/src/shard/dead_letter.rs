@@ -13,7 +13,7 @@ use crate::clock::{now_ms, rfc3339_ms};
 use crate::dlq::object::{DlqObject, FinalStatus, object_key};
 use crate::record::{DeadLettered, Status, TYPE_DEAD_LETTERED};
 use crate::shard::core::ShardCore;
-use crate::shard::query::header_map;
+use crate::shard::query::{ReadError, header_map};
 
 /// Flag bit in a state-table slot: the delivery's DLQ object is stored.
 pub(crate) const FLAG_DEAD_LETTERED: u8 = 1;
@@ -43,15 +43,29 @@ impl ShardCore {
             Some(Status::Exhausted) => FinalStatus::Exhausted,
             _ => return Ok(()),
         };
+        if slot.ingest_offset < self.log.first_offset() {
+            // Retention deletes only dead-lettered failures, so this is a stale slot; retrying
+            // could never read the record, and would hold up every later shipment.
+            tracing::error!(shard = self.id, seq, "DLQ: ingest record already deleted; nothing to ship");
+            return Ok(());
+        }
         self.log
             .wait_durable(slot.last_offset)
             .await
             .map_err(|e| e.to_string())?;
-        let rec = self
-            .log
-            .read(slot.ingest_offset)
-            .map_err(|e| e.to_string())
-            .and_then(|r| crate::record::Ingested::decode(r.payload).map_err(|e| e.to_string()))?;
+        let rec = match self.read_ingested(slot.ingest_offset, true) {
+            Ok(rec) => rec,
+            Err(ReadError::Purged) => {
+                // Its payload was crypto-shredded: there is nothing left to dead-letter.
+                let mut table = self.table.borrow_mut();
+                if let Some(mut slot) = table.get(seq) {
+                    slot.flags |= FLAG_DEAD_LETTERED;
+                    table.put(seq, &slot).map_err(|e| e.to_string())?;
+                }
+                return Ok(());
+            }
+            Err(ReadError::Unreadable(reason)) => return Err(reason),
+        };
         let history = self.history(slot.last_offset, slot.ingest_offset);
         let final_at_ms = history.attempts.last().map_or(now_ms(), |a| a.at_ms);
         let final_at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(final_at_ms) * 1_000_000)

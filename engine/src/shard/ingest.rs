@@ -46,10 +46,17 @@ impl ShardCore {
             replay_of: req.replay_of,
             headers: req.headers,
             body: req.body,
+            key_generation: 0,
+            sealed: None,
+        };
+        // Payloads are sealed under the tenant's data key (crypto-shredding on purge).
+        let encoded = match self.node.meta().load().data_keys.get(&record.tenant_id) {
+            Some((generation, key)) => record.encode_sealed(*generation, key),
+            None => record.encode(),
         };
         let offset = self
             .log
-            .append_nowait(TYPE_INGESTED, record.encode())
+            .append_nowait(TYPE_INGESTED, encoded)
             .map_err(|e| IngestError::Unavailable(format!("log append failed: {e}")))?;
         // Indexed before the fsync so that a concurrent duplicate finds it and waits for the
         // same fsync; a lookup always confirms against the log, so an entry whose record never
@@ -88,6 +95,7 @@ impl ShardCore {
         self.sched
             .borrow_mut()
             .admit(&record.endpoint_id, entry, None, ids::now_ms());
+        self.note_ingested(&record.endpoint_id, &record.tenant_id, record.received_at_ms);
         self.wake.notify_one();
         Ok(IngestOk::Accepted { delivery_id })
     }

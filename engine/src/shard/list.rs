@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use crate::clock::rfc3339_ms;
-use crate::record::{Ingested, Status};
+use crate::record::Status;
 use crate::shard::core::ShardCore;
 
 /// Slots one shard examines for one page.
@@ -73,7 +73,9 @@ impl ShardCore {
         // `seq` is one past the next slot to examine.
         let mut page = ShardPage::default();
         let mut examined = 0u64;
-        while seq > 0 {
+        // Slots below the lowest live seq are stale: retention deleted their records.
+        let floor = self.retention.first_seq();
+        while seq > floor {
             if page.items.len() >= q.limit.min(LIMIT_MAX) || examined >= SCAN_SLOTS_MAX {
                 page.next_from = Some(seq);
                 return page;
@@ -86,14 +88,12 @@ impl ShardCore {
             if q.status.is_some_and(|s| s != slot.status) || !q.endpoint_tags.contains(&slot.endpoint_tag) {
                 continue;
             }
-            let Some(rec) = self
-                .log
-                .read(slot.ingest_offset)
-                .ok()
-                .and_then(|r| Ingested::decode(r.payload).ok())
-            else {
+            let Ok(rec) = self.read_ingested(slot.ingest_offset, false) else {
                 continue;
             };
+            if self.is_purged(&rec) {
+                continue;
+            }
             if rec.tenant_id != q.tenant_id || q.endpoint_id.as_ref().is_some_and(|e| *e != rec.endpoint_id) {
                 continue;
             }

@@ -11,8 +11,10 @@ mod core;
 mod dead_letter;
 mod ingest;
 pub mod list;
+mod metrics;
 mod query;
 mod recovery;
+mod retention;
 pub mod scheduler;
 
 use std::cell::RefCell;
@@ -27,6 +29,7 @@ use crate::record::Status;
 
 pub use self::core::{ShardCore, endpoint_tag};
 pub use list::{DeliverySummary, ListQuery, ShardPage};
+pub use metrics::{MetricsError, MetricsRequest};
 pub use query::DeliveryDetail;
 
 /// An ingest request that passed the HTTP-level checks (endpoint exists, size, source IP,
@@ -73,6 +76,8 @@ pub enum ShardMsg {
         from: Option<u64>,
         reply: oneshot::Sender<ShardPage>,
     },
+    /// Metrics and usage reads (see `metrics.rs`).
+    Metrics(MetricsRequest),
 }
 
 /// Where each shard's scan stands in a paginated list.
@@ -267,6 +272,7 @@ pub async fn run(ctx: Rc<ShardCtx>, inbox: mpsc::Receiver<ShardMsg>) -> Result<(
     ctx.set_core(core.clone());
     ctx.node.mark_ready();
     tokio::task::spawn_local(serve_inbox(core.clone(), inbox));
+    tokio::task::spawn_local(metrics::upkeep(core.clone()));
     core.run().await
 }
 
@@ -289,6 +295,7 @@ async fn serve_inbox(core: Rc<ShardCore>, mut inbox: mpsc::Receiver<ShardMsg>) {
             ShardMsg::List { query, from, reply } => {
                 let _ = reply.send(core.list(&query, from));
             }
+            ShardMsg::Metrics(req) => core.answer_metrics(req),
         }
     }
 }

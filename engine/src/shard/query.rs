@@ -80,13 +80,55 @@ pub(crate) fn header_map(headers: &[(String, bytes::Bytes)]) -> BTreeMap<String,
     map
 }
 
+/// Why an ingest record cannot be given back with its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReadError {
+    /// Missing, damaged or not an ingest record.
+    Unreadable(String),
+    /// Sealed under a data key that no longer exists (the tenant's data was purged).
+    Purged,
+}
+
 impl ShardCore {
+    /// Reads the ingest record at `offset`, opening its sealed payload when `with_payload`.
+    pub(crate) fn read_ingested(&self, offset: u64, with_payload: bool) -> Result<Ingested, ReadError> {
+        let rec = self
+            .log
+            .read(offset)
+            .map_err(|e| ReadError::Unreadable(e.to_string()))?;
+        if rec.record_type != crate::record::TYPE_INGESTED {
+            return Err(ReadError::Unreadable(format!("record {offset} is not an ingest record")));
+        }
+        let mut ingested = Ingested::decode(rec.payload).map_err(|e| ReadError::Unreadable(e.to_string()))?;
+        if with_payload && ingested.is_sealed() {
+            let snapshot = self.node.meta().load();
+            match snapshot.data_keys.get(&ingested.tenant_id) {
+                Some((generation, key)) if *generation == ingested.key_generation => ingested
+                    .unseal(key)
+                    .map_err(|e| ReadError::Unreadable(e.to_string()))?,
+                _ => return Err(ReadError::Purged),
+            }
+        }
+        Ok(ingested)
+    }
+
+    /// True when the record's payload was sealed under a data key that has since been destroyed.
+    pub(crate) fn is_purged(&self, ingested: &Ingested) -> bool {
+        ingested.key_generation > 0
+            && self
+                .node
+                .meta()
+                .load()
+                .data_keys
+                .get(&ingested.tenant_id)
+                .is_none_or(|(generation, _)| *generation != ingested.key_generation)
+    }
+
     /// The ingest record and history of delivery `seq`, checked against `delivery_id`.
     pub(crate) fn load_delivery(&self, seq: u64, delivery_id: &str) -> Option<(Ingested, History, Status)> {
         let slot = self.table.borrow().get(seq)?;
         let status = slot.status;
-        let rec = self.log.read(slot.ingest_offset).ok()?;
-        let ingested = Ingested::decode(rec.payload).ok()?;
+        let ingested = self.read_ingested(slot.ingest_offset, true).ok()?;
         if ingested.delivery_id != delivery_id {
             return None;
         }

@@ -28,6 +28,7 @@ impl ShardCore {
         let mut seqs: Option<(u64, u64)> = None;
         let mut records = 0u64;
         let reader = self.log.reader(self.log.first_offset());
+        let mut metrics_replay = self.metrics_replay(now);
         for rec in reader {
             let rec = rec.map_err(|source| Error::Log {
                 shard: self.id,
@@ -47,6 +48,7 @@ impl ShardCore {
                         endpoint_tag: endpoint_tag(&i.endpoint_id),
                     };
                     self.put_slot(i.seq, &slot)?;
+                    metrics_replay.ingested(&i);
                     if offset >= index_from && i.received_at_ms.saturating_add(ttl_ms) > now {
                         self.idem
                             .borrow_mut()
@@ -63,6 +65,7 @@ impl ShardCore {
                 }
                 TYPE_ATTEMPTED => {
                     let a = Attempted::decode(rec.payload).map_err(|e| self.shard_error(offset, e))?;
+                    metrics_replay.attempted(offset, &a);
                     let slot = self.table.borrow().get(a.seq);
                     if let Some(mut slot) = slot.filter(|s| s.ingest_offset < offset) {
                         slot.last_offset = offset;
@@ -92,6 +95,8 @@ impl ShardCore {
         }
         let (lo, hi) = seqs.unwrap_or((0, 0));
         self.next_seq.set(hi);
+        // Retention deletes from the bottom: the first ingest record left is the lowest live seq.
+        self.retention.recovered(lo);
         let (queued, dead_letters) = self.requeue(lo, hi, now).await;
         // A torn tail may have cut records the index had already seen: never move back.
         let through = self.log.next_offset();

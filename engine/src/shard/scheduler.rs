@@ -353,6 +353,16 @@ impl Scheduler {
     pub fn in_flight_total(&self) -> usize {
         self.queues.values().map(|q| q.in_flight as usize).sum()
     }
+
+    /// The lowest sequence number among deliveries due and waiting for a slot (every ready
+    /// entry: a retry re-enters behind newer ones) and overflow cursors. For the queue-age
+    /// gauge; costs O(deliveries in memory), bounded by `cap` per endpoint.
+    pub fn oldest_waiting_seq(&self) -> Option<u64> {
+        self.queues
+            .values()
+            .flat_map(|q| q.ready.iter().map(|e| e.seq).chain(q.overflow_from))
+            .min()
+    }
 }
 
 #[cfg(test)]
