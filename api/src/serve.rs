@@ -66,6 +66,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
 
 /// Runs the service until a signal stops it.
 pub fn serve(config: Config) -> anyhow::Result<()> {
+    refuse_unbuilt(&config)?;
     let mut engine = engine_config(&config);
     engine.master_key = master_key_from_env()?;
     let node = Node::open(engine).context("opening the data dir")?;
@@ -126,6 +127,17 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("a shard stopped with an error");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Configuration this build cannot honour is refused at start-up rather than ignored.
+fn refuse_unbuilt(config: &Config) -> anyhow::Result<()> {
+    if config.dlq.backend == crate::config::DlqBackend::S3 {
+        anyhow::bail!("dlq.backend = \"s3\" is not available in this build yet; use \"local\"");
+    }
+    if config.replication.role == crate::config::Role::Replica || config.replication.peer.is_some() {
+        anyhow::bail!("replication is not available in this build yet; unset replication.role/peer");
+    }
     Ok(())
 }
 
