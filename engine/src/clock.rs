@@ -12,6 +12,21 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds on the monotonic clock (since the first call in this process, plus one so that
+/// 0 never appears). The scheduler runs on it: a wall-clock jump must neither fire every retry
+/// at once nor stall them for hours.
+pub fn mono_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+    origin.elapsed().as_millis() as u64 + 1
+}
+
+/// A wall-clock due time (as stored in records) on the monotonic clock: the same distance from
+/// now. A due time in the past is due now.
+pub fn wall_to_mono(due_wall_ms: u64) -> u64 {
+    mono_ms() + due_wall_ms.saturating_sub(now_ms())
+}
+
 /// `ms` since the epoch as RFC 3339 UTC with millisecond precision, e.g.
 /// `2026-11-28T10:00:00.123Z` (the DLQ object's format, [`crate::dlq::object::rfc3339`]).
 pub fn rfc3339_ms(ms: u64) -> String {

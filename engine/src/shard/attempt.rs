@@ -108,7 +108,9 @@ async fn attempt(core: &Rc<ShardCore>, endpoint_id: &str, mut entry: Entry) {
     };
     let done = match status_after {
         Status::Success => Done::Success,
-        Status::Queued => Done::Retry { due_ms: next_due_ms },
+        Status::Queued => Done::Retry {
+            due_ms: crate::clock::wall_to_mono(next_due_ms),
+        },
         Status::Failed | Status::Exhausted => Done::Final {
             retryable_failure: matches!(outcome, Outcome::Retry { .. }),
         },
@@ -144,7 +146,9 @@ impl ShardCore {
                 tracing::error!(shard = self.id, seq = entry.seq, error = %e, "could not record an attempt");
             }
         }
-        self.sched.borrow_mut().done(endpoint_id, *entry, done, now_ms());
+        self.sched
+            .borrow_mut()
+            .done(endpoint_id, *entry, done, crate::clock::mono_ms());
         if matches!(status_after, Status::Failed | Status::Exhausted) {
             self.queue_dead_letter(entry.seq);
         }

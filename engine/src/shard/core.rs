@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use crate::delivery::client::{ClientOptions, DeliveryClient};
 use crate::dlq::local::LocalDlq;
 use crate::idempotency::{IdempotencyIndex, IndexOptions};
+use crate::clock::{mono_ms, wall_to_mono};
 use crate::ids::now_ms;
 use crate::node::Node;
 use crate::shard::scheduler::{Entry, Limits, Scheduler};
@@ -106,14 +107,13 @@ impl ShardCore {
             shard: id,
             reason: e.to_string(),
         })?;
-        let now = now_ms();
         let core = Rc::new(ShardCore {
             id,
             log,
             idem: RefCell::new(idem),
             table: RefCell::new(table),
             sched: RefCell::new(Scheduler::new(
-                now,
+                mono_ms(),
                 cfg.queue_in_memory_per_endpoint,
                 cfg.circuit_failures_to_open,
                 cfg.circuit_probe_interval.as_millis() as u64,
@@ -154,17 +154,19 @@ impl ShardCore {
         let mut meta_changes = self.node.meta().subscribe();
         let mut out = Vec::new();
         let mut orphans = Vec::new();
-        let mut maintained_ms = now_ms();
+        let mut maintained_ms = mono_ms();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let now = now_ms();
-            if now.saturating_sub(maintained_ms) >= MAINTENANCE_EVERY_MS {
-                maintained_ms = now;
+            // The scheduler's clock is monotonic (see `clock::mono_ms`); `now` is wall time.
+            let mono = mono_ms();
+            if mono.saturating_sub(maintained_ms) >= MAINTENANCE_EVERY_MS {
+                maintained_ms = mono;
                 self.maintain(now);
             }
-            self.refill_overflowed(now);
+            self.refill_overflowed(mono);
             let slots = self
                 .node
                 .config()
@@ -174,9 +176,9 @@ impl ShardCore {
             {
                 let snapshot = self.node.meta().load();
                 let mut sched = self.sched.borrow_mut();
-                sched.advance(now);
+                sched.advance(mono);
                 sched.take_dispatchable(
-                    now,
+                    mono,
                     slots,
                     |id| {
                         snapshot.endpoints.get(id).map(|e| Limits {
@@ -203,7 +205,7 @@ impl ShardCore {
                 self.finish_orphan(&endpoint, entry);
             }
             let sleep_for = match self.sched.borrow().next_wake_ms() {
-                Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_TICK),
+                Some(at) => Duration::from_millis(at.saturating_sub(mono_ms())).min(IDLE_TICK),
                 None => IDLE_TICK,
             };
             tokio::select! {
@@ -295,7 +297,7 @@ impl ShardCore {
                     last_offset: slot.last_offset,
                     attempts: u32::from(slot.attempts),
                 };
-                let due = (slot.next_due_ms > 0).then_some(slot.next_due_ms);
+                let due = (slot.next_due_ms > 0).then(|| wall_to_mono(slot.next_due_ms));
                 self.sched.borrow_mut().admit_refilled(endpoint, entry, due, now);
                 admitted += 1;
             }

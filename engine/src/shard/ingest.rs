@@ -54,22 +54,20 @@ impl ShardCore {
             Some((generation, key)) => record.encode_sealed(*generation, key),
             None => record.encode(),
         };
-        let offset = self
-            .log
-            .append_nowait(TYPE_INGESTED, encoded)
-            .map_err(|e| IngestError::Unavailable(format!("log append failed: {e}")))?;
-        // Indexed before the fsync so that a concurrent duplicate finds it and waits for the
-        // same fsync; a lookup always confirms against the log, so an entry whose record never
-        // became durable is harmless.
-        if let Err(e) = self.idem.borrow_mut().insert(
-            &record.endpoint_id,
-            &record.idempotency_key,
-            hash,
-            offset,
-            record.received_at_ms,
-        ) {
-            tracing::error!(shard = self.id, error = %e, "idempotency index insert failed");
-        }
+        // The index and the state table take the delivery before the log does: if either
+        // cannot (a full disk while growing a file), nothing is appended and the sender gets a
+        // 503 to retry — never an ACK whose duplicate could not be detected. No await from here
+        // to the append, so the predicted offset is the one the append returns.
+        let offset = self.log.next_offset();
+        let refuse = |what: &str, e: &dyn std::fmt::Display| {
+            self.next_seq.set(seq);
+            tracing::error!(shard = self.id, seq, error = %e, "{what} failed; ingest refused");
+            IngestError::Unavailable(format!("{what} failed: {e}"))
+        };
+        self.idem
+            .borrow_mut()
+            .insert(&record.endpoint_id, &record.idempotency_key, hash, offset, record.received_at_ms)
+            .map_err(|e| refuse("idempotency index insert", &e))?;
         let slot = Slot {
             ingest_offset: offset,
             last_offset: offset,
@@ -79,9 +77,15 @@ impl ShardCore {
             attempts: 0,
             endpoint_tag: endpoint_tag(&record.endpoint_id),
         };
-        if let Err(e) = self.table.borrow_mut().put(seq, &slot) {
-            tracing::error!(shard = self.id, seq, error = %e, "state table write failed");
-        }
+        self.table
+            .borrow_mut()
+            .put(seq, &slot)
+            .map_err(|e| refuse("state table write", &e))?;
+        let appended = self
+            .log
+            .append_nowait(TYPE_INGESTED, encoded)
+            .map_err(|e| refuse("log append", &e))?;
+        assert_eq!(appended, offset, "the log moved between the prediction and the append");
         self.log.wait_durable(offset).await.map_err(|e| {
             self.node.mark_poisoned_once(self.id);
             IngestError::Unavailable(format!("fsync failed: {e}"))
@@ -94,7 +98,7 @@ impl ShardCore {
         };
         self.sched
             .borrow_mut()
-            .admit(&record.endpoint_id, entry, None, ids::now_ms());
+            .admit(&record.endpoint_id, entry, None, crate::clock::mono_ms());
         self.note_ingested(&record.endpoint_id, &record.tenant_id, record.received_at_ms);
         self.wake.notify_one();
         Ok(IngestOk::Accepted { delivery_id })

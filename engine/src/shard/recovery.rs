@@ -97,7 +97,7 @@ impl ShardCore {
         self.next_seq.set(hi);
         // Retention deletes from the bottom: the first ingest record left is the lowest live seq.
         self.retention.recovered(lo);
-        let (queued, dead_letters) = self.requeue(lo, hi, now).await;
+        let (queued, dead_letters) = self.requeue(lo, hi).await;
         // A torn tail may have cut records the index had already seen: never move back.
         let through = self.log.next_offset();
         if through > self.idem.borrow().indexed_through()
@@ -128,7 +128,7 @@ impl ShardCore {
     }
 
     /// Pass 2: queued deliveries to the scheduler, unshipped failures to the DLQ shipper.
-    async fn requeue(self: &Rc<Self>, lo: u64, hi: u64, now: u64) -> (u64, u64) {
+    async fn requeue(self: &Rc<Self>, lo: u64, hi: u64) -> (u64, u64) {
         // Tags of this node's endpoints that no other endpoint shares: a queued slot with the
         // tag of an endpoint that already overflowed can be left in the log without reading
         // its record to learn the endpoint.
@@ -162,8 +162,8 @@ impl ShardCore {
                         last_offset: slot.last_offset,
                         attempts: u32::from(slot.attempts),
                     };
-                    let due = (slot.next_due_ms > 0).then_some(slot.next_due_ms);
-                    let admitted = self.sched.borrow_mut().admit(&endpoint, entry, due, now);
+                    let due = (slot.next_due_ms > 0).then(|| crate::clock::wall_to_mono(slot.next_due_ms));
+                    let admitted = self.sched.borrow_mut().admit(&endpoint, entry, due, crate::clock::mono_ms());
                     if admitted == Admit::Overflow && unique == Some(endpoint.as_str()) {
                         overflowed.insert(slot.endpoint_tag, ());
                     }

@@ -39,7 +39,6 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::clock::now_ms;
 use crate::record::{
     Attempted, DeadLettered, Ingested, Status, TYPE_ATTEMPTED, TYPE_DEAD_LETTERED, TYPE_INGESTED,
 };
@@ -455,7 +454,7 @@ impl ShardCore {
                 Done::Final {
                     retryable_failure: false,
                 },
-                now_ms(),
+                crate::clock::mono_ms(),
             );
         }
         ended

@@ -2,6 +2,7 @@
 //! `LocalSet` (as a shard runs), local hyper receivers, and a retention of a second or less so
 //! that real time makes segments expire.
 
+use crate::clock::now_ms;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
