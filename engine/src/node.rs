@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -76,7 +76,7 @@ struct Inner {
     audit: AuditStore,
     inboxes: Vec<mpsc::Sender<ShardMsg>>,
     receivers: std::sync::Mutex<Vec<Option<mpsc::Receiver<ShardMsg>>>>,
-    ready_shards: AtomicUsize,
+    ready: Vec<AtomicBool>,
     poisoned: Vec<AtomicBool>,
     shutdown: watch::Sender<bool>,
     stopping: AtomicBool,
@@ -154,6 +154,7 @@ impl Node {
         }
         let (shutdown, _) = watch::channel(false);
         let poisoned = (0..config.shards).map(|_| AtomicBool::new(false)).collect();
+        let shards_n = config.shards;
         Ok(Node {
             inner: Arc::new(Inner {
                 config,
@@ -161,7 +162,7 @@ impl Node {
                 audit,
                 inboxes,
                 receivers: std::sync::Mutex::new(receivers),
-                ready_shards: AtomicUsize::new(0),
+                ready: (0..shards_n).map(|_| AtomicBool::new(false)).collect(),
                 poisoned,
                 shutdown,
                 stopping: AtomicBool::new(false),
@@ -197,8 +198,20 @@ impl Node {
         &self.inner.inboxes[i]
     }
 
-    pub(crate) fn mark_ready(&self) {
-        self.inner.ready_shards.fetch_add(1, Ordering::SeqCst);
+    /// Shard `i` has recovered (again) and takes ingest.
+    pub(crate) fn mark_ready(&self, i: usize) {
+        if let Some(flag) = self.inner.poisoned.get(i) {
+            flag.store(false, Ordering::SeqCst);
+        }
+        if let Some(flag) = self.inner.ready.get(i) {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+    /// Shard `i` is reopening its storage.
+    pub(crate) fn mark_unready(&self, i: usize) {
+        if let Some(flag) = self.inner.ready.get(i) {
+            flag.store(false, Ordering::SeqCst);
+        }
     }
     /// Records that shard `i`'s log stopped taking writes (readiness reports it).
     pub(crate) fn mark_poisoned_once(&self, i: usize) {
@@ -223,7 +236,12 @@ impl Node {
         if poisoned > 0 {
             return Err(format!("{poisoned} shard(s) stopped taking writes after a disk error"));
         }
-        let ready = self.inner.ready_shards.load(Ordering::SeqCst);
+        let ready = self
+            .inner
+            .ready
+            .iter()
+            .filter(|r| r.load(Ordering::SeqCst))
+            .count();
         if ready < self.shards() {
             return Err(format!("recovering: {ready}/{} shards ready", self.shards()));
         }

@@ -44,6 +44,14 @@ pub enum Error {
     },
 }
 
+/// Why [`ShardCore::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Shutdown,
+    /// The log stopped taking writes; the storage must be reopened.
+    Poisoned,
+}
+
 /// Everything one shard owns. Lives in an `Rc` on its thread.
 pub struct ShardCore {
     pub(crate) id: usize,
@@ -60,6 +68,9 @@ pub struct ShardCore {
     pub(crate) to_dead_letter: RefCell<VecDeque<u64>>,
     pub(crate) dead_letter_running: Cell<bool>,
     pub(crate) attempts_running: Cell<usize>,
+    /// Set when this incarnation of the shard is replaced (after a poisoned log); its leftover
+    /// tasks stop at their next step.
+    pub(crate) retired: Cell<bool>,
     /// Delivery metrics and usage (`metrics.rs`, [`crate::metrics`]).
     pub(crate) metrics: RefCell<crate::metrics::ShardMetrics>,
     /// Retention of deliveries: the lowest live seq and pass progress (`retention.rs`).
@@ -130,6 +141,7 @@ impl ShardCore {
             to_dead_letter: RefCell::new(VecDeque::new()),
             dead_letter_running: Cell::new(false),
             attempts_running: Cell::new(0),
+            retired: Cell::new(false),
             metrics: RefCell::new(crate::metrics::ShardMetrics::new(
                 crate::metrics::usage::Usage::open(&dir.join("usage.json")),
             )),
@@ -148,8 +160,9 @@ impl ShardCore {
         }
     }
 
-    /// The event loop: timers, dispatch, refills, until shutdown; then drain and close.
-    pub async fn run(self: &Rc<Self>) -> Result<(), Error> {
+    /// The event loop: timers, dispatch, refills, until shutdown or a poisoned log; then drain
+    /// and close.
+    pub async fn run(self: &Rc<Self>) -> Result<Exit, Error> {
         let mut shutdown = self.node.shutdown_signal();
         let mut meta_changes = self.node.meta().subscribe();
         let mut out = Vec::new();
@@ -158,6 +171,11 @@ impl ShardCore {
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if self.is_poisoned() {
+                self.node.mark_poisoned_once(self.id);
+                self.drain().await;
+                return Ok(Exit::Poisoned);
             }
             let now = now_ms();
             // The scheduler's clock is monotonic (see `clock::mono_ms`); `now` is wall time.
@@ -220,7 +238,7 @@ impl ShardCore {
             }
         }
         self.drain().await;
-        Ok(())
+        Ok(Exit::Shutdown)
     }
 
     /// Graceful stop: let running attempts finish (their outcome is logged), bounded by the

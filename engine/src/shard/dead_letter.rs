@@ -118,7 +118,7 @@ async fn ship_loop(core: Rc<ShardCore>) {
         let mut delay = Duration::from_millis(100);
         while let Err(reason) = core.ship(seq).await {
             tracing::warn!(shard = core.id, seq, %reason, "DLQ store failed; retrying");
-            if core.node.is_stopping() {
+            if core.node.is_stopping() || core.retired.get() || core.is_poisoned() {
                 // Recovery re-ships whatever has no DeadLettered record.
                 core.dead_letter_running.set(false);
                 return;

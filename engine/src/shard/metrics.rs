@@ -277,7 +277,7 @@ pub(crate) async fn upkeep(core: Rc<ShardCore>) {
             _ = tokio::time::sleep(UPKEEP_INTERVAL) => {}
             _ = shutdown.changed() => {}
         }
-        if *shutdown.borrow() {
+        if *shutdown.borrow() || core.retired.get() {
             return;
         }
     }

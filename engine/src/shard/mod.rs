@@ -267,17 +267,73 @@ impl ShardCtx {
 /// Runs shard `ctx.id` on the current thread's runtime until the node shuts down: recovery,
 /// then the inbox and the delivery loop. Must run inside `tokio_uring::start` (or a current-
 /// thread runtime with a `LocalSet` when the log uses the portable backend).
+///
+/// A failed write or fsync poisons the shard's log (ARCHITECTURE.md invariant 8): the shard
+/// then stops, and reopens its storage from disk — the same recovery as a restart — every
+/// [`REOPEN_RETRY`] until it succeeds (e.g. once a full disk has room again). Ingest answers 503
+/// meanwhile; nothing ACKed is lost because everything ACKed was fsynced.
 pub async fn run(ctx: Rc<ShardCtx>, inbox: mpsc::Receiver<ShardMsg>) -> Result<(), core::Error> {
-    let core = ShardCore::open(ctx.id, ctx.node.clone()).await?;
-    ctx.set_core(core.clone());
-    ctx.node.mark_ready();
-    tokio::task::spawn_local(serve_inbox(core.clone(), inbox));
-    tokio::task::spawn_local(metrics::upkeep(core.clone()));
-    core.run().await
+    tokio::task::spawn_local(serve_inbox(ctx.clone(), inbox));
+    let mut first = true;
+    loop {
+        let core = match ShardCore::open(ctx.id, ctx.node.clone()).await {
+            Ok(core) => core,
+            // A first start that cannot open its storage is fatal; a reopen retries.
+            Err(e) if first => return Err(e),
+            Err(e) => {
+                tracing::warn!(shard = ctx.id, error = %e, "reopening the shard failed; retrying");
+                if wait_or_stop(&ctx, REOPEN_RETRY).await {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        first = false;
+        ctx.set_core(core.clone());
+        ctx.node.mark_ready(ctx.id);
+        tokio::task::spawn_local(metrics::upkeep(core.clone()));
+        let exit = core.run().await?;
+        *ctx.core.borrow_mut() = None;
+        core.retired.set(true);
+        match exit {
+            core::Exit::Shutdown => return Ok(()),
+            core::Exit::Poisoned => {
+                ctx.node.mark_unready(ctx.id);
+                tracing::warn!(shard = ctx.id, "log poisoned; the shard will reopen its storage");
+                drop(core);
+                if wait_or_stop(&ctx, REOPEN_RETRY).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
 }
 
-async fn serve_inbox(core: Rc<ShardCore>, mut inbox: mpsc::Receiver<ShardMsg>) {
+/// How long a poisoned shard waits before each attempt to reopen its storage.
+pub const REOPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sleeps `d`; true when the node is shutting down instead.
+async fn wait_or_stop(ctx: &ShardCtx, d: std::time::Duration) -> bool {
+    let mut shutdown = ctx.node.shutdown_signal();
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.changed() => true,
+    }
+}
+
+async fn serve_inbox(ctx: Rc<ShardCtx>, mut inbox: mpsc::Receiver<ShardMsg>) {
     while let Some(msg) = inbox.recv().await {
+        // While the shard (re)opens its storage, requests get "unavailable" answers (or none:
+        // a dropped reply reads as unavailable to the sender).
+        let Some(core) = ctx.local() else {
+            if let ShardMsg::Ingest(_, reply) = msg {
+                let _ = reply.send(Err(IngestError::Unavailable("shard is recovering".into())));
+            }
+            continue;
+        };
         match msg {
             ShardMsg::Ingest(req, reply) => {
                 let core = core.clone();
