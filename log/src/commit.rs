@@ -60,6 +60,7 @@ pub(crate) struct Writer {
 /// The committer task: wakes when frames are queued, flushes them, exits when the log is
 /// closed, poisoned or dropped.
 pub(crate) async fn run(weak: Weak<Inner>, notify: Rc<Notify>) {
+    let _guard = PanicGuard(weak.clone());
     loop {
         notify.notified().await;
         let Some(inner) = weak.upgrade() else { return };
@@ -76,6 +77,31 @@ pub(crate) async fn run(weak: Weak<Inner>, notify: Rc<Notify>) {
         let mut w = inner.writer.lock().await;
         // Errors reach the callers through their waiters (poisoning); nothing to do here.
         let _ = flush(&inner, &mut w).await;
+    }
+}
+
+/// If the committer panics (a broken invariant), every waiter would otherwise wait forever:
+/// poison the log on the way out so they, and later appends, get `Error::Poisoned`. The panic
+/// itself is still reported by the runtime.
+struct PanicGuard(Weak<Inner>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        let Ok(mut st) = inner.state.try_borrow_mut() else {
+            return;
+        };
+        st.poisoned = true;
+        st.pending.clear();
+        st.pending_bytes = 0;
+        for (_, tx) in st.waiters.drain(..) {
+            let _ = tx.send(Outcome::Poisoned);
+        }
     }
 }
 

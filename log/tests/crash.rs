@@ -50,7 +50,7 @@ async fn assert_records(log: &hookrelay_log::Log, n: usize) {
 
 #[test]
 fn cut_at_every_byte_of_the_last_frames_keeps_the_complete_prefix() {
-    common::run(async {
+    common::run(|| async {
         const N: usize = 12;
         let dir = tempfile::tempdir().expect("tempdir");
         let o = common::opts(dir.path());
@@ -101,7 +101,7 @@ fn cut_at_every_byte_of_the_last_frames_keeps_the_complete_prefix() {
 
 #[test]
 fn a_flipped_byte_in_the_last_frame_is_a_torn_tail() {
-    common::run(async {
+    common::run(|| async {
         const N: usize = 10;
         let dir = tempfile::tempdir().expect("tempdir");
         let o = common::opts(dir.path());
@@ -137,7 +137,7 @@ use hookrelay_log::Log;
 
 #[test]
 fn a_flipped_byte_before_valid_frames_is_corruption_at_its_position() {
-    common::run(async {
+    common::run(|| async {
         const N: usize = 10;
         let dir = tempfile::tempdir().expect("tempdir");
         let o = common::opts(dir.path());
@@ -199,7 +199,7 @@ async fn write_sealed(o: Options) -> Vec<PathBuf> {
 
 #[test]
 fn a_flipped_byte_in_a_sealed_segment_is_corruption_naming_it() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let o = common::opts(dir.path());
         let sealed = write_sealed(o.clone()).await;
@@ -241,7 +241,7 @@ fn a_flipped_byte_in_a_sealed_segment_is_corruption_naming_it() {
 
 #[test]
 fn missing_or_damaged_index_files_are_rebuilt() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let o = common::opts(dir.path());
         write_sealed(o.clone()).await;
@@ -272,7 +272,7 @@ fn missing_or_damaged_index_files_are_rebuilt() {
 
 #[test]
 fn a_torn_new_segment_header_is_reinitialised() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let o = common::opts(dir.path());
         write_sealed(o.clone()).await;
@@ -299,7 +299,7 @@ fn a_torn_new_segment_header_is_reinitialised() {
 
 #[test]
 fn trailing_zeros_are_a_torn_tail() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let o = common::opts(dir.path());
         write_log(o.clone(), 5).await;

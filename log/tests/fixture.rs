@@ -31,7 +31,7 @@ fn copy_fixture(to: &Path) {
 #[test]
 fn version_1_fixture_reads_back() {
     for verify in [true, false] {
-        common::run(async move {
+        common::run(move || async move {
             let dir = tempfile::tempdir().expect("tempdir");
             copy_fixture(dir.path());
             let mut o = common::opts(dir.path());
@@ -63,26 +63,54 @@ fn version_1_fixture_reads_back() {
     }
 }
 
-#[test]
-#[ignore = "writes the committed fixture; run by hand for a new format version"]
-fn write_fixture_v1() {
-    common::run(async {
-        let out = fixture_dir();
-        let _ = std::fs::remove_dir_all(&out);
-        let mut o = common::opts(&out);
-        o.index_interval_bytes = 64;
-        let (log, _) = common::open(o).await;
-        log.set_epoch(1);
-        for i in 0..RECORDS {
-            if i == 12 {
-                log.set_epoch(2);
-            }
-            if i == 10 || i == 20 {
-                log.roll().await.expect("roll");
-            }
-            let (_, record_type, payload) = expected(i);
-            log.append(record_type, payload).await.expect("append");
+/// Writes the fixture of the current format into `out`.
+async fn write_fixture(out: &std::path::Path) {
+    let mut o = common::opts(out);
+    o.index_interval_bytes = 64;
+    let (log, _) = common::open(o).await;
+    log.set_epoch(1);
+    for i in 0..RECORDS {
+        if i == 12 {
+            log.set_epoch(2);
         }
-        log.close().await.expect("close");
+        if i == 10 || i == 20 {
+            log.roll().await.expect("roll");
+        }
+        let (_, record_type, payload) = expected(i);
+        log.append(record_type, payload).await.expect("append");
+    }
+    log.close().await.expect("close");
+}
+
+/// The fixture writer itself: what it writes today has the committed fixture's layout (same
+/// files, same index files byte for byte). With `UPDATE_LOG_FIXTURE=1` it rewrites the committed
+/// fixture instead — only for a new format version.
+#[test]
+fn fixture_writer_matches_the_committed_fixture() {
+    common::run(|| async {
+        if std::env::var_os("UPDATE_LOG_FIXTURE").is_some() {
+            let out = fixture_dir();
+            let _ = std::fs::remove_dir_all(&out);
+            write_fixture(&out).await;
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_fixture(dir.path()).await;
+        let names = |d: &std::path::Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .expect("dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(dir.path()), names(&fixture_dir()));
+        for name in names(&fixture_dir()).iter().filter(|n| n.ends_with(".idx")) {
+            assert_eq!(
+                std::fs::read(dir.path().join(name)).expect("idx"),
+                std::fs::read(fixture_dir().join(name)).expect("fixture idx"),
+                "{name} differs from the committed fixture"
+            );
+        }
     });
 }

@@ -10,7 +10,7 @@ use hookrelay_log::{FRAME_HEADER_BYTES, IoMode, SEGMENT_HEADER_BYTES, SimDisk};
 
 #[test]
 fn concurrent_appenders_share_fsyncs_on_the_real_backend() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let (log, _) = common::open(common::opts(dir.path())).await;
         common::assert_backend(&log);
@@ -54,7 +54,7 @@ fn concurrent_appenders_share_fsyncs_on_the_real_backend() {
 
 #[test]
 fn nobody_is_answered_before_the_fsync_covering_its_frame() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = SimDisk::new();
         disk.set_sync_delay(Duration::from_millis(2));
@@ -95,7 +95,7 @@ fn nobody_is_answered_before_the_fsync_covering_its_frame() {
 
 #[test]
 fn batches_respect_batch_bytes_max() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut o = common::opts(dir.path());
         o.batch_bytes_max = 1000;
@@ -119,7 +119,7 @@ fn batches_respect_batch_bytes_max() {
 
 #[test]
 fn linger_gathers_sequential_appends_into_one_batch() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut o = common::opts(dir.path());
         o.batch_linger = Duration::from_millis(400);
@@ -139,7 +139,7 @@ fn linger_gathers_sequential_appends_into_one_batch() {
 
 #[test]
 fn size_and_age_rolls() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut o = common::opts(dir.path());
         o.segment_bytes_max = 1024;

@@ -85,7 +85,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
     #[test]
     fn log_matches_vec_model(ops in proptest::collection::vec(op(), 1..40)) {
-        common::run(async move {
+        common::run(move || async move {
             let dir = tempfile::tempdir().expect("tempdir");
             let mut o = common::opts(dir.path());
             o.segment_bytes_max = 8 * 1024;

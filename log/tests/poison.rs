@@ -15,7 +15,7 @@ fn sim_opts(dir: &std::path::Path, disk: &SimDisk) -> hookrelay_log::Options {
 
 #[test]
 fn a_failed_fsync_poisons_the_batch_and_every_later_append() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = SimDisk::new();
         let (log, _) = common::open(sim_opts(dir.path(), &disk)).await;
@@ -70,7 +70,7 @@ fn a_failed_fsync_poisons_the_batch_and_every_later_append() {
 
 #[test]
 fn a_failed_write_poisons_waiters_of_append_nowait() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = SimDisk::new();
         let (log, _) = common::open(sim_opts(dir.path(), &disk)).await;
@@ -89,7 +89,7 @@ fn a_failed_write_poisons_waiters_of_append_nowait() {
 
 #[test]
 fn a_simulated_power_loss_keeps_every_acknowledged_record() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = SimDisk::new();
         disk.set_sync_delay(Duration::from_millis(1));

@@ -62,7 +62,7 @@ fn auto_picks_uring_inside_tokio_uring_when_not_overridden() {
     if std::env::var(hookrelay_log::IO_ENV).is_ok() {
         return; // the override is tested by the env-driven suite
     }
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let (log, _) = Log::open(Options::new(dir.path())).await.expect("open");
         // io_uring can be disabled (seccomp, sysctl); then Auto must have fallen back.
@@ -72,7 +72,7 @@ fn auto_picks_uring_inside_tokio_uring_when_not_overridden() {
 
 #[test]
 fn limits_and_ranges_have_defined_answers() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut o = common::opts(dir.path());
         o.frame_bytes_max = 1024;
@@ -142,7 +142,7 @@ fn limits_and_ranges_have_defined_answers() {
 
 #[test]
 fn delete_below_removes_only_whole_sealed_segments() {
-    common::run(async {
+    common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let (log, _) = common::open(common::opts(dir.path())).await;
         for i in 0..30u64 {

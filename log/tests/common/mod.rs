@@ -4,7 +4,10 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hookrelay_log::{IO_ENV, IoKind, IoMode, Log, Options};
@@ -26,8 +29,49 @@ pub fn opts(dir: &Path) -> Options {
 }
 
 /// Runs a test body on a tokio_uring runtime (a current-thread tokio runtime + LocalSet).
-pub fn run<F: Future<Output = ()>>(f: F) {
-    tokio_uring::start(f)
+///
+/// The body runs on its own thread and a panic is caught inside the runtime and re-raised here:
+/// dropping a tokio_uring runtime while io_uring operations are still in flight (which is what
+/// unwinding through `tokio_uring::start` does) can block forever, and a failing test must fail,
+/// not hang.
+pub fn run<C, F>(make: C)
+where
+    C: FnOnce() -> F + Send + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("log-test-runtime".into())
+        .spawn(move || {
+            tokio_uring::start(async move {
+                let outcome = CatchUnwind(Box::pin(make())).await;
+                let _ = tx.send(outcome);
+            });
+        });
+    if let Err(e) = spawned {
+        panic!("spawn test runtime thread: {e}");
+    }
+    match rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(payload)) => std::panic::resume_unwind(payload),
+        Err(_) => panic!("the test runtime stopped without a result"),
+    }
+}
+
+/// Polls a future under `catch_unwind`, turning a panic into an `Err` with its payload.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
+    type Output = Result<(), Box<dyn std::any::Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
 }
 
 /// Asserts the log uses the backend the environment asked for.
