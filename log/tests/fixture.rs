@@ -1,7 +1,8 @@
 //! On-disk format fixture: `tests/fixtures/v1/` was written by format version 1 (two sealed
 //! segments with index files and an active segment). A format change that cannot read it fails
 //! here. Regenerate only for a new format version, into a new directory:
-//! `cargo test -p hookrelay-log --test fixture -- --ignored write_fixture_v1`.
+//! `UPDATE_LOG_FIXTURE=1 cargo test -p hookrelay-log --test fixture` (then move it to a new
+//! directory and keep v1 with its test).
 
 mod common;
 
