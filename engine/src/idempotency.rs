@@ -756,6 +756,18 @@ impl IdempotencyIndex {
         self.indexed_through
     }
 
+    /// Drops this process's resident pages of every table mapping (`MADV_DONTNEED`); they
+    /// stay in the page cache and fault back in on use.
+    pub fn release_memory(&self) {
+        for bucket in self.buckets.values() {
+            for table in &bucket.tables {
+                // SAFETY: shared file mappings: only page-table entries are dropped; the data
+                // is in the page cache and the file. No slice into the map is alive here.
+                let _ = unsafe { table.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+            }
+        }
+    }
+
     /// Buckets currently open (for metrics and tests).
     pub fn bucket_count(&self) -> usize {
         self.buckets.len()

@@ -278,6 +278,17 @@ impl StateTable {
         })
     }
 
+    /// Drops this process's resident pages of the mapping (`MADV_DONTNEED`); they stay in the
+    /// page cache (dirty ones are still written back) and fault in again when touched. Keeps
+    /// resident memory independent of the number of deliveries after scans and recovery.
+    pub fn release_memory(&self) {
+        // SAFETY: a shared file mapping: DONTNEED drops page-table entries only; the data is in
+        // the page cache and the file, and no reference into the mapping outlives this call.
+        if let Err(e) = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) } {
+            tracing::debug!(error = %e, "madvise on the state table failed");
+        }
+    }
+
     fn slot_bytes(&self, seq: u64) -> &[u8; SLOT_BYTES] {
         let start = HEADER_BYTES + seq as usize * SLOT_BYTES;
         self.map[start..start + SLOT_BYTES]

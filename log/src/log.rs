@@ -403,6 +403,17 @@ impl Log {
         Ok(removed.len())
     }
 
+    /// Drops this process's resident pages of the sealed segments' memory maps
+    /// (`madvise(MADV_DONTNEED)`): the data stays in the page cache and faults back in on the
+    /// next read. Recovery and long scans touch every sealed page; without this, resident
+    /// memory would grow with the history kept (ARCHITECTURE.md invariant 5).
+    pub fn release_memory(&self) {
+        let st = self.inner.state.borrow();
+        for s in &st.sealed {
+            release_pages(&s.data);
+        }
+    }
+
     /// The segments, oldest first; the last one is the active segment.
     pub fn segments(&self) -> Vec<SegmentInfo> {
         let st = self.inner.state.borrow();
@@ -518,4 +529,19 @@ pub(crate) fn read_at(
 fn floor_owned(entries: &[crate::index::Entry], offset: u64) -> Option<crate::index::Entry> {
     let i = entries.partition_point(|e| e.offset <= offset);
     i.checked_sub(1).and_then(|i| entries.get(i)).copied()
+}
+
+/// `madvise(MADV_DONTNEED)` over the whole pages of `data` (a read-only file mapping).
+fn release_pages(data: &[u8]) {
+    const PAGE: usize = 4096;
+    let start = data.as_ptr() as usize;
+    let aligned = start.div_ceil(PAGE) * PAGE;
+    let end = (start + data.len()) / PAGE * PAGE;
+    if end > aligned {
+        // SAFETY: the range lies inside a live, read-only, file-backed shared mapping; dropping
+        // its pages only makes later reads fault them back in from the file.
+        unsafe {
+            libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_DONTNEED);
+        }
+    }
 }

@@ -274,10 +274,14 @@ impl ShardCore {
         {
             tracing::warn!(shard = self.id, error = %e, "idempotency checkpoint failed");
         }
+        idem.release_memory();
         drop(idem);
-        if let Err(e) = self.table.borrow().flush() {
+        let table = self.table.borrow();
+        if let Err(e) = table.flush() {
             tracing::warn!(shard = self.id, error = %e, "state table flush failed");
         }
+        table.release_memory();
+        self.log.release_memory();
     }
 
     /// Refills queues that overflowed into the log and have room again.

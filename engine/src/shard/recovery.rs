@@ -108,6 +108,11 @@ impl ShardCore {
         if let Err(e) = self.table.borrow().flush() {
             tracing::warn!(shard = self.id, error = %e, "state table flush failed");
         }
+        // Recovery touched every page of the log, the table and the index: give them back so
+        // resident memory does not grow with history.
+        self.table.borrow().release_memory();
+        self.idem.borrow().release_memory();
+        self.log.release_memory();
         tracing::info!(
             shard = self.id,
             records,
