@@ -194,6 +194,7 @@ fn bootstrap_root_key(node: &Node) -> anyhow::Result<()> {
         hash: hash_key(&key),
         prefix: key.chars().take(12).collect(),
         created_at: rfc3339_ms(now_ms()),
+        last_used_at_ms: None,
     };
     node.meta()
         .apply_blocking(&[MetaOp::PutApiKey(record)])

@@ -56,6 +56,7 @@ pub async fn create(app: &Rc<App>, caller: &Caller, mut req: Request<Incoming>) 
         hash: hash_key(&key),
         prefix: key.chars().take(14).collect(),
         created_at: rfc3339_ms(now_ms()),
+        last_used_at_ms: None,
     };
     app.shard
         .node
@@ -82,7 +83,8 @@ pub fn list(snapshot: &Snapshot, caller: &Caller) -> Result<HttpResponse, Proble
         .iter()
         .map(|k| {
             json!({"id": k.id, "prefix": k.prefix, "role": k.role, "name": k.name,
-                   "created_at": k.created_at, "last_used_at": null})
+                   "created_at": k.created_at,
+                   "last_used_at": k.last_used_at_ms.map(rfc3339_ms)})
         })
         .collect();
     Ok(json_response(200, &json!({"data": data, "next_cursor": null})))

@@ -36,6 +36,7 @@ pub async fn v1(
         Ok(c) => c,
         Err(p) => return p.into_response(),
     };
+    touch_key(app, &caller);
     let user_agent = audit::is_change(&method)
         .then(|| audit::user_agent(req.headers()))
         .flatten();
@@ -68,6 +69,29 @@ pub async fn v1(
         return audit::record(app, &caller, peer, user_agent, &method, path, response).await;
     }
     response
+}
+
+/// How stale a key's `last_used_at` may get before a use is written down: at most one metadata
+/// write per key per minute, whatever the request rate.
+const TOUCH_EVERY_MS: u64 = 60_000;
+
+/// Records a key's use in the background (the request does not wait for it).
+fn touch_key(app: &Rc<App>, caller: &crate::auth::Caller) {
+    let now = hookrelay_engine::clock::now_ms();
+    if caller
+        .key
+        .last_used_at_ms
+        .is_some_and(|t| now.saturating_sub(t) < TOUCH_EVERY_MS)
+    {
+        return;
+    }
+    let meta = app.shard.node.meta().clone();
+    let id = caller.key.id.clone();
+    tokio::task::spawn_local(async move {
+        if let Err(e) = meta.apply(vec![hookrelay_engine::meta::MetaOp::TouchApiKey { id, at_ms: now }]).await {
+            tracing::warn!(error = %e, "could not record an API key's last use");
+        }
+    });
 }
 
 /// Maps a metadata write failure to 503: the change was not made.

@@ -54,6 +54,7 @@ pub async fn create(app: &Rc<App>, caller: &Caller, mut req: Request<Incoming>) 
         hash: hookrelay_engine::meta::hash_key(&admin_key),
         prefix: admin_key.chars().take(14).collect(),
         created_at,
+        last_used_at_ms: None,
     };
     let meta = app.shard.node.meta();
     let data_key = seal_tenant_key(meta.master_key(), &tenant.id, 1, &SecretKey::generate());

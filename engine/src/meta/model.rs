@@ -46,6 +46,9 @@ pub struct ApiKey {
     /// The first characters of the key, for humans to recognise it.
     pub prefix: String,
     pub created_at: String,
+    /// Last time the key authenticated a request, to the minute ([`MetaOp::TouchApiKey`]).
+    #[serde(default)]
+    pub last_used_at_ms: Option<u64>,
 }
 
 /// How ingest verifies the sender's signature.
@@ -154,6 +157,8 @@ pub enum MetaOp {
     DeleteApiKey { id: String },
     PutReplay(Box<ReplayJob>),
     PutTenantKey { tenant_id: String, key: TenantKey },
+    /// A key was used; applied only if the key still exists (a revoked key stays revoked).
+    TouchApiKey { id: String, at_ms: u64 },
     /// GDPR purge: the tenant's API keys and replay jobs go, and its data key is replaced by a
     /// new generation, so every payload sealed under the old one is unreadable for good.
     PurgeTenant { tenant_id: String, key: TenantKey },

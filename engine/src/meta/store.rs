@@ -79,6 +79,11 @@ impl State {
             MetaOp::PutReplay(job) => {
                 self.replays.insert(job.id.clone(), (**job).clone());
             }
+            MetaOp::TouchApiKey { id, at_ms } => {
+                if let Some(k) = self.api_keys.get_mut(id) {
+                    k.last_used_at_ms = Some(k.last_used_at_ms.map_or(*at_ms, |t| t.max(*at_ms)));
+                }
+            }
             MetaOp::PutTenantKey { tenant_id, key } => {
                 self.tenant_keys.insert(tenant_id.clone(), key.clone());
             }
@@ -500,6 +505,7 @@ mod tests {
             hash: hash_key(id),
             prefix: "hr_admin_x".into(),
             created_at: "2026-01-01T00:00:00Z".into(),
+            last_used_at_ms: None,
         })
     }
 

@@ -24,6 +24,10 @@ const IDLE_TICK: Duration = Duration::from_millis(500);
 /// How often the shard checkpoints its idempotency index, flushes its state table and drops
 /// expired idempotency buckets. Each is a few msyncs on this thread: bounded, and rare.
 const MAINTENANCE_EVERY_MS: u64 = 60_000;
+/// How often the shard gives back the resident pages of its memory maps (log, state table,
+/// index). Resident memory then holds at most this long's worth of touched pages, whatever the
+/// history; refaulting the hot pages costs a few milliseconds per interval.
+const RELEASE_MEMORY_EVERY_MS: u64 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -168,6 +172,7 @@ impl ShardCore {
         let mut out = Vec::new();
         let mut orphans = Vec::new();
         let mut maintained_ms = mono_ms();
+        let mut released_ms = mono_ms();
         loop {
             if *shutdown.borrow() {
                 break;
@@ -183,6 +188,10 @@ impl ShardCore {
             if mono.saturating_sub(maintained_ms) >= MAINTENANCE_EVERY_MS {
                 maintained_ms = mono;
                 self.maintain(now);
+            }
+            if mono.saturating_sub(released_ms) >= RELEASE_MEMORY_EVERY_MS {
+                released_ms = mono;
+                self.release_memory();
             }
             self.refill_overflowed(mono);
             let slots = self
@@ -274,13 +283,18 @@ impl ShardCore {
         {
             tracing::warn!(shard = self.id, error = %e, "idempotency checkpoint failed");
         }
-        idem.release_memory();
         drop(idem);
-        let table = self.table.borrow();
-        if let Err(e) = table.flush() {
+        if let Err(e) = self.table.borrow().flush() {
             tracing::warn!(shard = self.id, error = %e, "state table flush failed");
         }
-        table.release_memory();
+        self.release_memory();
+    }
+
+    /// Gives back this process's resident pages of the log's sealed segments, the state table
+    /// and the idempotency index; they stay in the page cache (ARCHITECTURE.md invariant 5).
+    pub(crate) fn release_memory(&self) {
+        self.idem.borrow().release_memory();
+        self.table.borrow().release_memory();
         self.log.release_memory();
     }
 

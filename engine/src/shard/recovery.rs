@@ -110,9 +110,7 @@ impl ShardCore {
         }
         // Recovery touched every page of the log, the table and the index: give them back so
         // resident memory does not grow with history.
-        self.table.borrow().release_memory();
-        self.idem.borrow().release_memory();
-        self.log.release_memory();
+        self.release_memory();
         tracing::info!(
             shard = self.id,
             records,
