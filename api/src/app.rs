@@ -94,10 +94,11 @@ pub async fn route(app: &Rc<App>, peer: SocketAddr, req: Request<Incoming>) -> H
         (&Method::GET, ["v1", "openapi.json"]) => routes::openapi::get(),
         (&Method::GET, ["metrics"]) => routes::metrics::prometheus(app).await,
         (_, ["v1", ..]) => routes::v1(app, peer, method, &segments[1..], req).await,
-        (_, ["ingest", _]) | (_, ["healthz"]) | (_, ["readyz"]) | (_, ["metrics"]) => {
-            Problem::new(Code::MethodNotAllowed, format!("{method} is not allowed on {path}"))
-                .into_response()
-        }
+        (_, ["ingest", _]) | (_, ["healthz"]) | (_, ["readyz"]) | (_, ["metrics"]) => Problem::new(
+            Code::MethodNotAllowed,
+            format!("{method} is not allowed on {path}"),
+        )
+        .into_response(),
         _ => Problem::new(Code::NotFound, format!("no route for {path}")).into_response(),
     }
 }

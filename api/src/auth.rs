@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use hyper::HeaderMap;
 use hookrelay_engine::meta::{ApiKey, Role, Snapshot};
+use hyper::HeaderMap;
 
 use crate::problem::{Code, Problem};
 
@@ -55,14 +55,22 @@ impl Caller {
     pub fn require_root(&self) -> Result<(), Problem> {
         match self.key.role {
             Role::Root => Ok(()),
-            _ => Err(Problem::new(Code::Forbidden, "this route needs the operator (root) key")),
+            _ => Err(Problem::new(
+                Code::Forbidden,
+                "this route needs the operator (root) key",
+            )),
         }
     }
 }
 
 /// Resolves the bearer key, or 401 `unauthorized`.
 pub fn authenticate(headers: &HeaderMap, snapshot: &Snapshot) -> Result<Caller, Problem> {
-    let unauthorized = || Problem::new(Code::Unauthorized, "a valid API key is required: Authorization: Bearer <key>");
+    let unauthorized = || {
+        Problem::new(
+            Code::Unauthorized,
+            "a valid API key is required: Authorization: Bearer <key>",
+        )
+    };
     let value = headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -42,11 +42,16 @@ pub async fn read_json<T: DeserializeOwned>(body: &mut Incoming) -> Result<T, Pr
         Err(BodyError::TooLarge) => {
             return Err(Problem::new(
                 Code::PayloadTooLarge,
-                format!("management request bodies are limited to {MANAGEMENT_BODY_BYTES_MAX} bytes"),
+                format!(
+                    "management request bodies are limited to {MANAGEMENT_BODY_BYTES_MAX} bytes"
+                ),
             ));
         }
         Err(BodyError::Broken(e)) => {
-            return Err(Problem::new(Code::InvalidJson, format!("could not read the body: {e}")));
+            return Err(Problem::new(
+                Code::InvalidJson,
+                format!("could not read the body: {e}"),
+            ));
         }
     };
     parse_json(&bytes)
@@ -81,7 +86,13 @@ mod tests {
     fn syntax_errors_are_invalid_json_and_shape_errors_validation_failed() {
         for bad in [&b"{\"name\": "[..], b"{\"name\": 'x'}", b"\xff\xfe", b"[1,"] {
             let e = parse_json::<T>(bad).unwrap_err();
-            assert_eq!(e.code, Code::InvalidJson, "{:?}: {}", String::from_utf8_lossy(bad), e.detail);
+            assert_eq!(
+                e.code,
+                Code::InvalidJson,
+                "{:?}: {}",
+                String::from_utf8_lossy(bad),
+                e.detail
+            );
         }
         let e = parse_json::<T>(b"{\"name\": 5}").unwrap_err();
         assert_eq!(e.code, Code::ValidationFailed);

@@ -10,7 +10,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = cli.command.config_args();
     if let Command::CheckConfig(_) = cli.command {
-        return run_check_config(args, process_env(), &mut std::io::stdout(), &mut std::io::stderr());
+        return run_check_config(
+            args,
+            process_env(),
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        );
     }
     let config = match args.load(process_env()) {
         Ok(c) => c,
@@ -21,7 +26,9 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Promote(_) => {
-            eprintln!("hookrelay: replication is not available in this build; there is no replica to promote");
+            eprintln!(
+                "hookrelay: replication is not available in this build; there is no replica to promote"
+            );
             ExitCode::from(2)
         }
         _ => {
@@ -42,7 +49,9 @@ fn main() -> ExitCode {
 fn init_tracing(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.observability.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.observability.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

@@ -22,7 +22,10 @@ impl Query {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.pairs
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// `limit`, defaulting to `default`, 422 outside 1..=max.
@@ -33,7 +36,9 @@ impl Query {
                 .parse::<usize>()
                 .ok()
                 .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| Problem::new(Code::ValidationFailed, format!("limit must be 1..={max}"))),
+                .ok_or_else(|| {
+                    Problem::new(Code::ValidationFailed, format!("limit must be 1..={max}"))
+                }),
         }
     }
 }
@@ -57,7 +62,10 @@ fn decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
                     Ok(b) => {
                         out.push(b);
                         i += 2;

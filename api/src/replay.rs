@@ -111,7 +111,11 @@ async fn run(app: Rc<App>, job_id: String) {
         }
         job.completed = job.created.len() == job.items.len();
         let stopping = node.is_stopping();
-        if let Err(e) = node.meta().apply(vec![MetaOp::PutReplay(Box::new(job))]).await {
+        if let Err(e) = node
+            .meta()
+            .apply(vec![MetaOp::PutReplay(Box::new(job))])
+            .await
+        {
             // The items are idempotent: the next run re-finds what this batch created.
             tracing::error!(job = %job_id, error = %e, "could not save replay progress");
             tokio::time::sleep(RETRY_DELAY).await;
@@ -143,7 +147,9 @@ async fn replay_item(app: &Rc<App>, job: &ReplayJob, index: usize) -> Result<Str
         replay_of: Some(original.delivery_id),
     };
     match app.shard.ingest(request).await {
-        Ok(IngestOk::Accepted { delivery_id } | IngestOk::Duplicate { delivery_id, .. }) => Ok(delivery_id),
+        Ok(IngestOk::Accepted { delivery_id } | IngestOk::Duplicate { delivery_id, .. }) => {
+            Ok(delivery_id)
+        }
         Err(IngestError::Unavailable(_)) => Err(ItemError::Retry),
         Err(IngestError::KeyReused) => Err(ItemError::Skip("idempotency_key_reused".into())),
     }

@@ -58,8 +58,10 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     e.queue_in_memory_per_endpoint = config.delivery.queue_in_memory_per_endpoint as usize;
     e.circuit_failures_to_open = config.delivery.circuit_failures_to_open as u32;
     e.circuit_probe_interval = Duration::from_millis(config.delivery.circuit_probe_interval_ms);
-    e.idempotency_ttl = Duration::from_secs(u64::from(config.retention.idempotency_days as u32) * 86_400);
-    e.deliveries_retention = Duration::from_secs(config.retention.deliveries_days.saturating_mul(86_400));
+    e.idempotency_ttl =
+        Duration::from_secs(u64::from(config.retention.idempotency_days as u32) * 86_400);
+    e.deliveries_retention =
+        Duration::from_secs(config.retention.deliveries_days.saturating_mul(86_400));
     e.shutdown_timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
     e
 }
@@ -135,8 +137,11 @@ fn refuse_unbuilt(config: &Config) -> anyhow::Result<()> {
     if config.dlq.backend == crate::config::DlqBackend::S3 {
         anyhow::bail!("dlq.backend = \"s3\" is not available in this build yet; use \"local\"");
     }
-    if config.replication.role == crate::config::Role::Replica || config.replication.peer.is_some() {
-        anyhow::bail!("replication is not available in this build yet; unset replication.role/peer");
+    if config.replication.role == crate::config::Role::Replica || config.replication.peer.is_some()
+    {
+        anyhow::bail!(
+            "replication is not available in this build yet; unset replication.role/peer"
+        );
     }
     Ok(())
 }
@@ -152,14 +157,19 @@ fn master_key_from_env() -> anyhow::Result<Option<hookrelay_engine::seal::Secret
             .ok()
             .and_then(|b| hookrelay_engine::seal::SecretKey::from_bytes(&b))
             .map(Some)
-            .context("HOOKRELAY_MASTER_KEY must be base64 of 32 bytes (e.g. `openssl rand -base64 32`)"),
+            .context(
+                "HOOKRELAY_MASTER_KEY must be base64 of 32 bytes (e.g. `openssl rand -base64 32`)",
+            ),
     }
 }
 
 /// Waits for SIGTERM or SIGINT.
 async fn wait_for_signal(node: &Node) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         std::future::pending::<()>().await;
         return;
@@ -236,7 +246,9 @@ fn run_shard_thread(
     if want_uring {
         match tokio_uring::Runtime::new(&tokio_uring::builder()) {
             Ok(rt) => return rt.block_on(body),
-            Err(e) => tracing::warn!(shard = i, error = %e, "io_uring unavailable; using the portable runtime"),
+            Err(e) => {
+                tracing::warn!(shard = i, error = %e, "io_uring unavailable; using the portable runtime")
+            }
         }
     }
     let rt = tokio::runtime::Builder::new_current_thread()

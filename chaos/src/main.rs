@@ -32,7 +32,13 @@ use crate::scenario::{Ctx, Outcome, Scenario, Verdict};
 /// The scenarios `ci` runs, in their quick form. clock-skew and disk-full are the regression
 /// tests of the two engine bugs the suite found (timers on the wall clock; a poisoned log that
 /// only a restart cleared): under `ci` a GAP fails like a loss. disk-full skips without root.
-const CI_SCENARIOS: [&str; 5] = ["kill9", "torn-write", "receiver-faults", "clock-skew", "disk-full"];
+const CI_SCENARIOS: [&str; 5] = [
+    "kill9",
+    "torn-write",
+    "receiver-faults",
+    "clock-skew",
+    "disk-full",
+];
 
 #[derive(Parser, Debug)]
 #[command(

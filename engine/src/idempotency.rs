@@ -763,7 +763,11 @@ impl IdempotencyIndex {
             for table in &bucket.tables {
                 // SAFETY: shared file mappings: only page-table entries are dropped; the data
                 // is in the page cache and the file. No slice into the map is alive here.
-                let _ = unsafe { table.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+                let _ = unsafe {
+                    table
+                        .map
+                        .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+                };
             }
         }
     }

@@ -218,7 +218,10 @@ impl Node {
         if let Some(flag) = self.inner.poisoned.get(i)
             && !flag.swap(true, Ordering::SeqCst)
         {
-            tracing::error!(shard = i, "log poisoned by a failed write or fsync; shard refuses ingest");
+            tracing::error!(
+                shard = i,
+                "log poisoned by a failed write or fsync; shard refuses ingest"
+            );
         }
     }
 
@@ -234,7 +237,9 @@ impl Node {
             .filter(|p| p.load(Ordering::SeqCst))
             .count();
         if poisoned > 0 {
-            return Err(format!("{poisoned} shard(s) stopped taking writes after a disk error"));
+            return Err(format!(
+                "{poisoned} shard(s) stopped taking writes after a disk error"
+            ));
         }
         let ready = self
             .inner
@@ -243,7 +248,10 @@ impl Node {
             .filter(|r| r.load(Ordering::SeqCst))
             .count();
         if ready < self.shards() {
-            return Err(format!("recovering: {ready}/{} shards ready", self.shards()));
+            return Err(format!(
+                "recovering: {ready}/{} shards ready",
+                self.shards()
+            ));
         }
         Ok(())
     }

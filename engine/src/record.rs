@@ -217,7 +217,12 @@ impl Ingested {
         let replay_of = Some(get_str(&mut p)?).filter(|s| !s.is_empty());
         let (headers, body, key_generation, sealed) = if sealed_format {
             let generation = get_u32(&mut p)?;
-            (Vec::new(), Bytes::new(), generation, Some(get_bytes(&mut p)?))
+            (
+                Vec::new(),
+                Bytes::new(),
+                generation,
+                Some(get_bytes(&mut p)?),
+            )
         } else {
             let (headers, body) = Self::get_payload(&mut p)?;
             (headers, body, 0, None)
@@ -263,8 +268,7 @@ impl Attempted {
         let status_code = Some(get_u16(&mut p)?).filter(|c| *c != 0);
         let error = Some(get_str(&mut p)?).filter(|s| !s.is_empty());
         let latency_ms = get_u64(&mut p)?;
-        let status_after =
-            Status::from_u8(get_u8(&mut p)?).ok_or(DecodeError("unknown status"))?;
+        let status_after = Status::from_u8(get_u8(&mut p)?).ok_or(DecodeError("unknown status"))?;
         let next_due_ms = get_u64(&mut p)?;
         let prev_offset = get_u64(&mut p)?;
         Ok(Attempted {
@@ -425,10 +429,16 @@ mod tests {
             sealed: None,
         };
         let enc = r.encode_sealed(4, &key);
-        assert!(!enc.windows(14).any(|w| w == b"secret payload"), "payload must not be in the clear");
+        assert!(
+            !enc.windows(14).any(|w| w == b"secret payload"),
+            "payload must not be in the clear"
+        );
         let mut d = Ingested::decode(enc).unwrap();
         assert!(d.is_sealed() && d.body.is_empty() && d.key_generation == 4);
-        assert_eq!((d.seq, d.endpoint_id.as_str(), d.idempotency_key.as_str()), (3, "ep_x", "k"));
+        assert_eq!(
+            (d.seq, d.endpoint_id.as_str(), d.idempotency_key.as_str()),
+            (3, "ep_x", "k")
+        );
         let mut wrong = d.clone();
         assert!(wrong.unseal(&crate::seal::SecretKey::generate()).is_err());
         d.unseal(&key).unwrap();
@@ -439,7 +449,12 @@ mod tests {
 
     #[test]
     fn dead_lettered_round_trips() {
-        let r = DeadLettered { seq: 7, key: "tn/ep/2026/01/02/dl.json".into(), at_ms: 9, prev_offset: 3 };
+        let r = DeadLettered {
+            seq: 7,
+            key: "tn/ep/2026/01/02/dl.json".into(),
+            at_ms: 9,
+            prev_offset: 3,
+        };
         assert_eq!(DeadLettered::decode(r.encode()).unwrap(), r);
         assert!(DeadLettered::decode(Bytes::from_static(&[9, 0])).is_err());
     }

@@ -46,7 +46,13 @@ impl SecretKey {
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.0));
         let nonce_bytes: [u8; NONCE_BYTES] = rand::random();
         let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce_bytes), Payload { msg: plaintext, aad: context })
+            .encrypt(
+                Nonce::from_slice(&nonce_bytes),
+                Payload {
+                    msg: plaintext,
+                    aad: context,
+                },
+            )
             .expect("ChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
         let mut out = Vec::with_capacity(NONCE_BYTES + ct.len());
         out.extend_from_slice(&nonce_bytes);
@@ -61,7 +67,13 @@ impl SecretKey {
         }
         let (nonce, ct) = sealed.split_at(NONCE_BYTES);
         ChaCha20Poly1305::new(Key::from_slice(&self.0))
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: context })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: context,
+                },
+            )
             .map_err(|_| OpenError)
     }
 }

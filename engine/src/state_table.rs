@@ -284,7 +284,10 @@ impl StateTable {
     pub fn release_memory(&self) {
         // SAFETY: a shared file mapping: DONTNEED drops page-table entries only; the data is in
         // the page cache and the file, and no reference into the mapping outlives this call.
-        if let Err(e) = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) } {
+        if let Err(e) = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        } {
             tracing::debug!(error = %e, "madvise on the state table failed");
         }
     }

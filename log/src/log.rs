@@ -541,7 +541,11 @@ fn release_pages(data: &[u8]) {
         // SAFETY: the range lies inside a live, read-only, file-backed shared mapping; dropping
         // its pages only makes later reads fault them back in from the file.
         unsafe {
-            libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_DONTNEED);
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                end - aligned,
+                libc::MADV_DONTNEED,
+            );
         }
     }
 }

@@ -8,7 +8,11 @@ use hookrelay_tests::scenario::Scenario;
 use serde_json::{Value, json};
 
 async fn listed(s: &Scenario, id: &str) -> Option<Value> {
-    let r = s.server.http().get("/v1/api-keys", Some(&s.admin_key)).await;
+    let r = s
+        .server
+        .http()
+        .get("/v1/api-keys", Some(&s.admin_key))
+        .await;
     assert_eq!(r.status, 200, "{r:?}");
     r.json()["data"]
         .as_array()
@@ -23,7 +27,11 @@ async fn keys_are_shown_once_track_use_and_revoke() {
     let s = Scenario::start().await;
     let http = s.server.http();
     let r = http
-        .post("/v1/api-keys", &json!({"name": "ci", "role": "viewer"}), Some(&s.admin_key))
+        .post(
+            "/v1/api-keys",
+            &json!({"name": "ci", "role": "viewer"}),
+            Some(&s.admin_key),
+        )
         .await;
     assert_eq!(r.status, 201, "{r:?}");
     let created = r.json();
@@ -33,7 +41,10 @@ async fn keys_are_shown_once_track_use_and_revoke() {
     assert_eq!(created["role"], "viewer");
 
     let entry = listed(&s, &id).await.expect("listed");
-    assert!(entry.get("key").is_none(), "the key itself is never listed: {entry}");
+    assert!(
+        entry.get("key").is_none(),
+        "the key itself is never listed: {entry}"
+    );
     assert!(key.starts_with(entry["prefix"].as_str().unwrap()));
     assert!(entry["last_used_at"].is_null(), "unused yet: {entry}");
 
@@ -48,11 +59,19 @@ async fn keys_are_shown_once_track_use_and_revoke() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let r = http.delete(&format!("/v1/api-keys/{id}"), Some(&s.admin_key)).await;
+    let r = http
+        .delete(&format!("/v1/api-keys/{id}"), Some(&s.admin_key))
+        .await;
     assert_eq!(r.status, 204, "{r:?}");
-    assert_problem(&http.get("/v1/endpoints", Some(&key)).await, 401, "unauthorized");
+    assert_problem(
+        &http.get("/v1/endpoints", Some(&key)).await,
+        401,
+        "unauthorized",
+    );
     assert!(listed(&s, &id).await.is_none());
     // A viewer cannot create keys; a bad role is refused.
-    let r = http.post("/v1/api-keys", &json!({"role": "root"}), Some(&s.admin_key)).await;
+    let r = http
+        .post("/v1/api-keys", &json!({"role": "root"}), Some(&s.admin_key))
+        .await;
     assert_problem(&r, 422, "validation_failed");
 }

@@ -17,7 +17,9 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     let mut hits = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let path = e.path();
             if path.is_dir() {
@@ -37,28 +39,49 @@ async fn purge_leaves_no_readable_payload() {
     let mut s = Scenario::start().await;
     let ok = Receiver::start(Script::always(Step::ok())).await;
     let bad = Receiver::start(Script::always(Step::status(422))).await;
-    let good_ep = s.endpoint(&ok.url("/ok"), json!({})).await["id"].as_str().unwrap().to_string();
-    let bad_ep = s.endpoint(&bad.url("/bad"), json!({"retry": fast_retry(1)})).await["id"]
+    let good_ep = s.endpoint(&ok.url("/ok"), json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bad_ep = s
+        .endpoint(&bad.url("/bad"), json!({"retry": fast_retry(1)}))
+        .await["id"]
         .as_str()
         .unwrap()
         .to_string();
     let marker = format!("SECRET-PAYLOAD-{}", std::process::id());
     let body = format!("{{\"ssn\": \"{marker}\"}}");
     let delivered = assert_accepted(&s.api.ingest_json(&good_ep, body.as_bytes()).await);
-    let dead = assert_accepted(&s.api.ingest_json(&bad_ep, format!("{body} ").as_bytes()).await);
-    assert_eq!(s.api.wait_final(&s.admin_key, &delivered).await["status"], "success");
-    assert_eq!(s.api.wait_final(&s.admin_key, &dead).await["status"], "failed");
+    let dead = assert_accepted(
+        &s.api
+            .ingest_json(&bad_ep, format!("{body} ").as_bytes())
+            .await,
+    );
+    assert_eq!(
+        s.api.wait_final(&s.admin_key, &delivered).await["status"],
+        "success"
+    );
+    assert_eq!(
+        s.api.wait_final(&s.admin_key, &dead).await["status"],
+        "failed"
+    );
     // Another tenant, same kind of payload, must survive the purge.
     let (other_id, other_key) = s.api.tenant("other").await;
     let other_ep = s
         .api
-        .create_endpoint(&other_key, &json!({"destination_url": ok.url("/o"), "verification": {"mode": "none"}}))
+        .create_endpoint(
+            &other_key,
+            &json!({"destination_url": ok.url("/o"), "verification": {"mode": "none"}}),
+        )
         .await["id"]
         .as_str()
         .unwrap()
         .to_string();
     let other_delivery = assert_accepted(&s.api.ingest_json(&other_ep, b"{\"keep\": true}").await);
-    assert_eq!(s.api.wait_final(&other_key, &other_delivery).await["status"], "success");
+    assert_eq!(
+        s.api.wait_final(&other_key, &other_delivery).await["status"],
+        "success"
+    );
 
     // Payloads are sealed at rest: the log never holds the marker in the clear.
     let data_dir = s.server.data_dir().to_path_buf();
@@ -70,9 +93,19 @@ async fn purge_leaves_no_readable_payload() {
 
     let http = s.server.http();
     // Viewers and other tenants cannot purge.
-    let r = http.delete(&format!("/v1/tenants/{}/data", s.tenant_id), Some(&other_key)).await;
+    let r = http
+        .delete(
+            &format!("/v1/tenants/{}/data", s.tenant_id),
+            Some(&other_key),
+        )
+        .await;
     assert_problem(&r, 404, "not_found");
-    let r = http.delete(&format!("/v1/tenants/{}/data", s.tenant_id), Some(&s.admin_key)).await;
+    let r = http
+        .delete(
+            &format!("/v1/tenants/{}/data", s.tenant_id),
+            Some(&s.admin_key),
+        )
+        .await;
     assert_eq!(r.status, 202, "{r:?}");
 
     let b64 = B64.encode(body.as_bytes());
@@ -80,9 +113,14 @@ async fn purge_leaves_no_readable_payload() {
         let hits = files_containing(&data_dir, needle);
         assert!(hits.is_empty(), "payload still readable in {hits:?}");
     }
-    assert!(!data_dir.join("dlq").join(&s.tenant_id).exists(), "the tenant's DLQ objects are gone");
+    assert!(
+        !data_dir.join("dlq").join(&s.tenant_id).exists(),
+        "the tenant's DLQ objects are gone"
+    );
     // Its keys no longer work; the root key still sees nothing of the payloads.
-    let r = http.get(&format!("/v1/deliveries/{delivered}"), Some(&s.admin_key)).await;
+    let r = http
+        .get(&format!("/v1/deliveries/{delivered}"), Some(&s.admin_key))
+        .await;
     assert_problem(&r, 401, "unauthorized");
     let root = s.api.root_key().to_string();
     for id in [&delivered, &dead] {
@@ -99,5 +137,9 @@ async fn purge_leaves_no_readable_payload() {
     }
     let d = s.api.get_delivery(&other_key, &other_delivery).await;
     assert_eq!(d["tenant_id"], other_id.as_str());
-    assert_eq!(B64.decode(d["request"]["body_base64"].as_str().unwrap()).unwrap(), b"{\"keep\": true}");
+    assert_eq!(
+        B64.decode(d["request"]["body_base64"].as_str().unwrap())
+            .unwrap(),
+        b"{\"keep\": true}"
+    );
 }

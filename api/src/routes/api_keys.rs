@@ -27,16 +27,26 @@ struct CreateKey {
     role: Option<Role>,
 }
 
-pub async fn create(app: &Rc<App>, caller: &Caller, mut req: Request<Incoming>) -> Result<HttpResponse, Problem> {
+pub async fn create(
+    app: &Rc<App>,
+    caller: &Caller,
+    mut req: Request<Incoming>,
+) -> Result<HttpResponse, Problem> {
     let tenant_id = caller.require_admin()?.to_string();
     let body: CreateKey = read_json(req.body_mut()).await?;
     let role = body.role.unwrap_or(Role::Viewer);
     if role == Role::Root {
-        return Err(Problem::new(Code::ValidationFailed, "role must be \"admin\" or \"viewer\""));
+        return Err(Problem::new(
+            Code::ValidationFailed,
+            "role must be \"admin\" or \"viewer\"",
+        ));
     }
     let name = body.name.unwrap_or_default();
     if name.chars().count() > NAME_CHARS_MAX {
-        return Err(Problem::new(Code::ValidationFailed, format!("name is limited to {NAME_CHARS_MAX} characters")));
+        return Err(Problem::new(
+            Code::ValidationFailed,
+            format!("name is limited to {NAME_CHARS_MAX} characters"),
+        ));
     }
     let snapshot = app.shard.node.meta().load();
     let held = snapshot
@@ -45,7 +55,10 @@ pub async fn create(app: &Rc<App>, caller: &Caller, mut req: Request<Incoming>) 
         .filter(|k| k.tenant_id.as_deref() == Some(&tenant_id))
         .count();
     if held >= KEYS_PER_TENANT_MAX {
-        return Err(Problem::new(Code::ValidationFailed, format!("a tenant holds at most {KEYS_PER_TENANT_MAX} keys")));
+        return Err(Problem::new(
+            Code::ValidationFailed,
+            format!("a tenant holds at most {KEYS_PER_TENANT_MAX} keys"),
+        ));
     }
     let key = generate_key(role);
     let record = ApiKey {
@@ -87,7 +100,10 @@ pub fn list(snapshot: &Snapshot, caller: &Caller) -> Result<HttpResponse, Proble
                    "last_used_at": k.last_used_at_ms.map(rfc3339_ms)})
         })
         .collect();
-    Ok(json_response(200, &json!({"data": data, "next_cursor": null})))
+    Ok(json_response(
+        200,
+        &json!({"data": data, "next_cursor": null}),
+    ))
 }
 
 pub async fn delete(app: &Rc<App>, caller: &Caller, id: &str) -> Result<HttpResponse, Problem> {

@@ -35,7 +35,12 @@ fn time_param(q: &Query, name: &str) -> Result<Option<u64>, Problem> {
         Some(v) => parse_rfc3339(v)
             .and_then(|t| u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
             .map(Some)
-            .ok_or_else(|| Problem::new(Code::ValidationFailed, format!("{name} must be an RFC 3339 time"))),
+            .ok_or_else(|| {
+                Problem::new(
+                    Code::ValidationFailed,
+                    format!("{name} must be an RFC 3339 time"),
+                )
+            }),
     }
 }
 
@@ -51,7 +56,10 @@ pub async fn list(
     let status = match q.get("status") {
         None => None,
         Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            Problem::new(Code::ValidationFailed, "status must be queued, success, failed or exhausted")
+            Problem::new(
+                Code::ValidationFailed,
+                "status must be queued, success, failed or exhausted",
+            )
         })?),
     };
     let endpoint_id = q.get("endpoint_id").map(str::to_string);
@@ -82,7 +90,12 @@ pub async fn list(
         .await
         .map_err(|e| match e {
             ListError::BadCursor => Problem::new(Code::ValidationFailed, e.to_string()),
-            ListError::Unavailable(_) => Problem::new(Code::Unavailable, e.to_string()).retry_after(1),
+            ListError::Unavailable(_) => {
+                Problem::new(Code::Unavailable, e.to_string()).retry_after(1)
+            }
         })?;
-    Ok(json_response(200, &json!({"data": page.data, "next_cursor": page.next_cursor})))
+    Ok(json_response(
+        200,
+        &json!({"data": page.data, "next_cursor": page.next_cursor}),
+    ))
 }

@@ -6,7 +6,9 @@ use hookrelay_engine::backoff::RetryPolicy;
 use hookrelay_engine::clock::{now_ms, rfc3339_ms};
 use hookrelay_engine::delivery::client::check_destination_url;
 use hookrelay_engine::ids::new_id;
-use hookrelay_engine::meta::{Endpoint, EndpointSecrets, MetaOp, Snapshot, Verification, parse_net};
+use hookrelay_engine::meta::{
+    Endpoint, EndpointSecrets, MetaOp, Snapshot, Verification, parse_net,
+};
 use hookrelay_engine::signing;
 use hookrelay_engine::verify::Mode;
 use hyper::Request;
@@ -99,15 +101,28 @@ fn invalid(detail: impl Into<String>) -> Problem {
 }
 
 /// Validates a spec and builds the endpoint; `base` keeps identity, secrets and state on patch.
-fn build(app: &App, tenant_id: &str, spec: EndpointSpec, base: Option<&Endpoint>) -> Result<Endpoint, Problem> {
+fn build(
+    app: &App,
+    tenant_id: &str,
+    spec: EndpointSpec,
+    base: Option<&Endpoint>,
+) -> Result<Endpoint, Problem> {
     if let Some(name) = &spec.name
         && name.chars().count() > NAME_CHARS_MAX
     {
-        return Err(invalid(format!("name is limited to {NAME_CHARS_MAX} characters")));
+        return Err(invalid(format!(
+            "name is limited to {NAME_CHARS_MAX} characters"
+        )));
     }
-    check_destination_url(&spec.destination_url, app.config.delivery.allow_private_destinations)
-        .map_err(|e| invalid(format!("destination_url: {e}")))?;
-    let verification_spec = spec.verification.unwrap_or(VerificationSpec { mode: None, secret: None });
+    check_destination_url(
+        &spec.destination_url,
+        app.config.delivery.allow_private_destinations,
+    )
+    .map_err(|e| invalid(format!("destination_url: {e}")))?;
+    let verification_spec = spec.verification.unwrap_or(VerificationSpec {
+        mode: None,
+        secret: None,
+    });
     let mode = verification_spec
         .mode
         .or(base.map(|b| b.verification.mode))
@@ -115,7 +130,9 @@ fn build(app: &App, tenant_id: &str, spec: EndpointSpec, base: Option<&Endpoint>
     let secret = match (verification_spec.secret, base) {
         (Some(s), _) => {
             if s.is_empty() || s.len() > SECRET_BYTES_MAX {
-                return Err(invalid(format!("verification.secret must be 1 to {SECRET_BYTES_MAX} bytes")));
+                return Err(invalid(format!(
+                    "verification.secret must be 1 to {SECRET_BYTES_MAX} bytes"
+                )));
             }
             s
         }
@@ -123,23 +140,31 @@ fn build(app: &App, tenant_id: &str, spec: EndpointSpec, base: Option<&Endpoint>
         (None, _) => signing::generate_verification_secret(mode),
     };
     let retry = spec.retry.unwrap_or_default().into_policy();
-    retry.validate().map_err(|e| invalid(format!("retry: {e}")))?;
+    retry
+        .validate()
+        .map_err(|e| invalid(format!("retry: {e}")))?;
     let timeout_ms = spec.timeout_ms.unwrap_or(10_000);
     if !(1..=TIMEOUT_MS_MAX).contains(&timeout_ms) {
         return Err(invalid(format!("timeout_ms must be 1..={TIMEOUT_MS_MAX}")));
     }
     let max_in_flight = spec.max_in_flight.unwrap_or(64);
     if !(1..=MAX_IN_FLIGHT_MAX).contains(&max_in_flight) {
-        return Err(invalid(format!("max_in_flight must be 1..={MAX_IN_FLIGHT_MAX}")));
+        return Err(invalid(format!(
+            "max_in_flight must be 1..={MAX_IN_FLIGHT_MAX}"
+        )));
     }
     if let Some(r) = spec.rate_limit_per_s
         && !(1..=RATE_LIMIT_PER_S_MAX).contains(&r)
     {
-        return Err(invalid(format!("rate_limit_per_s must be null or 1..={RATE_LIMIT_PER_S_MAX}")));
+        return Err(invalid(format!(
+            "rate_limit_per_s must be null or 1..={RATE_LIMIT_PER_S_MAX}"
+        )));
     }
     if let Some(ips) = &spec.allowed_source_ips {
         if ips.len() > ALLOWED_SOURCE_IPS_MAX {
-            return Err(invalid(format!("allowed_source_ips is limited to {ALLOWED_SOURCE_IPS_MAX} entries")));
+            return Err(invalid(format!(
+                "allowed_source_ips is limited to {ALLOWED_SOURCE_IPS_MAX} entries"
+            )));
         }
         for ip in ips {
             parse_net(ip).map_err(|e| invalid(format!("allowed_source_ips: {e}")))?;
@@ -208,7 +233,9 @@ fn view(app: &App, e: &Endpoint, with_secret: bool) -> Value {
 /// The caller's endpoint `id`, or 404 (also for other tenants' endpoints).
 fn find(snapshot: &Snapshot, caller: &Caller, id: &str) -> Result<Endpoint, Problem> {
     match snapshot.endpoints.get(id) {
-        Some(e) if caller.can_see(&e.tenant_id) && caller.key.tenant_id.is_some() => Ok((**e).clone()),
+        Some(e) if caller.can_see(&e.tenant_id) && caller.key.tenant_id.is_some() => {
+            Ok((**e).clone())
+        }
         _ => Err(Problem::new(Code::NotFound, format!("no endpoint {id}"))),
     }
 }
@@ -223,7 +250,11 @@ async fn save(app: &App, e: Endpoint) -> Result<(), Problem> {
     Ok(())
 }
 
-pub async fn create(app: &Rc<App>, caller: &Caller, mut req: Request<Incoming>) -> Result<HttpResponse, Problem> {
+pub async fn create(
+    app: &Rc<App>,
+    caller: &Caller,
+    mut req: Request<Incoming>,
+) -> Result<HttpResponse, Problem> {
     let tenant_id = caller.require_admin()?.to_string();
     let spec: EndpointSpec = read_json(req.body_mut()).await?;
     let endpoint = build(app, &tenant_id, spec, None)?;
@@ -231,7 +262,12 @@ pub async fn create(app: &Rc<App>, caller: &Caller, mut req: Request<Incoming>) 
     Ok(json_response(201, &view(app, &endpoint, true)))
 }
 
-pub fn list(app: &Rc<App>, snapshot: &Snapshot, caller: &Caller, req: &Request<Incoming>) -> Result<HttpResponse, Problem> {
+pub fn list(
+    app: &Rc<App>,
+    snapshot: &Snapshot,
+    caller: &Caller,
+    req: &Request<Incoming>,
+) -> Result<HttpResponse, Problem> {
     let tenant_id = caller.tenant()?;
     let query = crate::query::Query::parse(req.uri().query());
     let limit = query.limit(50, LIST_LIMIT_MAX)?;
@@ -246,21 +282,40 @@ pub fn list(app: &Rc<App>, snapshot: &Snapshot, caller: &Caller, req: &Request<I
         .collect();
     mine.sort_by(|a, b| b.id.cmp(&a.id));
     let next_cursor = (mine.len() > limit).then(|| mine[limit - 1].id.clone());
-    let data: Vec<Value> = mine.iter().take(limit).map(|e| view(app, e, false)).collect();
-    Ok(json_response(200, &json!({"data": data, "next_cursor": next_cursor})))
+    let data: Vec<Value> = mine
+        .iter()
+        .take(limit)
+        .map(|e| view(app, e, false))
+        .collect();
+    Ok(json_response(
+        200,
+        &json!({"data": data, "next_cursor": next_cursor}),
+    ))
 }
 
-pub fn get(app: &Rc<App>, snapshot: &Snapshot, caller: &Caller, id: &str) -> Result<HttpResponse, Problem> {
+pub fn get(
+    app: &Rc<App>,
+    snapshot: &Snapshot,
+    caller: &Caller,
+    id: &str,
+) -> Result<HttpResponse, Problem> {
     let e = find(snapshot, caller, id)?;
     Ok(json_response(200, &view(app, &e, false)))
 }
 
-pub async fn patch(app: &Rc<App>, caller: &Caller, id: &str, mut req: Request<Incoming>) -> Result<HttpResponse, Problem> {
+pub async fn patch(
+    app: &Rc<App>,
+    caller: &Caller,
+    id: &str,
+    mut req: Request<Incoming>,
+) -> Result<HttpResponse, Problem> {
     let tenant_id = caller.require_admin()?.to_string();
     let current = find(&app.shard.node.meta().load(), caller, id)?;
     let patch: Value = read_json(req.body_mut()).await?;
     if !patch.is_object() {
-        return Err(invalid("a PATCH body is a JSON object of the fields to change"));
+        return Err(invalid(
+            "a PATCH body is a JSON object of the fields to change",
+        ));
     }
     // JSON merge patch (RFC 7396) over the current spec, then the same validation as create.
     let mut spec = json!({
@@ -286,7 +341,9 @@ fn merge(target: &mut Value, patch: &Value) {
         (Value::Object(t), Value::Object(p)) => {
             for (k, v) in p {
                 match (t.get_mut(k), v) {
-                    (Some(existing), Value::Object(_)) if existing.is_object() => merge(existing, v),
+                    (Some(existing), Value::Object(_)) if existing.is_object() => {
+                        merge(existing, v)
+                    }
                     _ => {
                         t.insert(k.clone(), v.clone());
                     }
@@ -309,7 +366,12 @@ pub async fn delete(app: &Rc<App>, caller: &Caller, id: &str) -> Result<HttpResp
     Ok(empty_response(204))
 }
 
-pub async fn set_paused(app: &Rc<App>, caller: &Caller, id: &str, paused: bool) -> Result<HttpResponse, Problem> {
+pub async fn set_paused(
+    app: &Rc<App>,
+    caller: &Caller,
+    id: &str,
+    paused: bool,
+) -> Result<HttpResponse, Problem> {
     caller.require_admin()?;
     let mut e = find(&app.shard.node.meta().load(), caller, id)?;
     e.paused = paused;
@@ -324,14 +386,21 @@ struct Rotate {
     secret: Option<String>,
 }
 
-pub async fn rotate(app: &Rc<App>, caller: &Caller, id: &str, mut req: Request<Incoming>) -> Result<HttpResponse, Problem> {
+pub async fn rotate(
+    app: &Rc<App>,
+    caller: &Caller,
+    id: &str,
+    mut req: Request<Incoming>,
+) -> Result<HttpResponse, Problem> {
     caller.require_admin()?;
     let mut e = find(&app.shard.node.meta().load(), caller, id)?;
     let body: Rotate = read_json(req.body_mut()).await?;
     if let Some(s) = &body.secret
         && (s.is_empty() || s.len() > SECRET_BYTES_MAX)
     {
-        return Err(invalid(format!("secret must be 1 to {SECRET_BYTES_MAX} bytes")));
+        return Err(invalid(format!(
+            "secret must be 1 to {SECRET_BYTES_MAX} bytes"
+        )));
     }
     let until = now_ms() + ROTATION_WINDOW_MS;
     let secret = match body.target.as_deref().unwrap_or("verification") {
@@ -354,8 +423,15 @@ pub async fn rotate(app: &Rc<App>, caller: &Caller, id: &str, mut req: Request<I
             e.secrets.previous_signing_valid_until_ms = Some(until);
             new
         }
-        other => return Err(invalid(format!("target must be \"verification\" or \"signing\", not {other:?}"))),
+        other => {
+            return Err(invalid(format!(
+                "target must be \"verification\" or \"signing\", not {other:?}"
+            )));
+        }
     };
     save(app, e).await?;
-    Ok(json_response(200, &json!({"secret": secret, "previous_valid_until": rfc3339_ms(until)})))
+    Ok(json_response(
+        200,
+        &json!({"secret": secret, "previous_valid_until": rfc3339_ms(until)}),
+    ))
 }

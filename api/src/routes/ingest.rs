@@ -6,10 +6,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hookrelay_engine::clock::now_ms;
 use hookrelay_engine::shard::{IngestError, IngestOk, IngestRequest};
 use hookrelay_engine::verify::{self, VerifyError};
+use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::Incoming;
 use serde_json::json;
@@ -26,14 +26,24 @@ const DRAIN_TIME_MAX: Duration = Duration::from_secs(10);
 
 /// Handles one ingest request and counts its answer (status code, latency) in this thread's
 /// ingest metrics (`hookrelay_ingest_requests_total`, `hookrelay_ingest_latency_seconds`).
-pub async fn ingest(app: &Rc<App>, peer: SocketAddr, endpoint_id: &str, req: Request<Incoming>) -> HttpResponse {
+pub async fn ingest(
+    app: &Rc<App>,
+    peer: SocketAddr,
+    endpoint_id: &str,
+    req: Request<Incoming>,
+) -> HttpResponse {
     let started = std::time::Instant::now();
     let response = handle(app, peer, endpoint_id, req).await;
     hookrelay_engine::metrics::ingest::record_ingest(response.status().as_u16(), started.elapsed());
     response
 }
 
-async fn handle(app: &Rc<App>, peer: SocketAddr, endpoint_id: &str, mut req: Request<Incoming>) -> HttpResponse {
+async fn handle(
+    app: &Rc<App>,
+    peer: SocketAddr,
+    endpoint_id: &str,
+    mut req: Request<Incoming>,
+) -> HttpResponse {
     let snapshot = app.shard.node.meta().load();
     let Some(endpoint) = snapshot.endpoints.get(endpoint_id).cloned() else {
         return Problem::new(Code::NotFound, format!("no endpoint {endpoint_id}")).into_response();
@@ -48,14 +58,18 @@ async fn handle(app: &Rc<App>, peer: SocketAddr, endpoint_id: &str, mut req: Req
         return too_large(req.into_body(), max);
     }
     if !snapshot.source_allowed(endpoint_id, peer.ip()) {
-        return Problem::new(Code::IpNotAllowed, format!("{} may not send to this endpoint", peer.ip()))
-            .into_response();
+        return Problem::new(
+            Code::IpNotAllowed,
+            format!("{} may not send to this endpoint", peer.ip()),
+        )
+        .into_response();
     }
     let body = match read_limited(req.body_mut(), max).await {
         Ok(b) => b,
         Err(BodyError::TooLarge) => return too_large(req.into_body(), max),
         Err(BodyError::Broken(e)) => {
-            return Problem::new(Code::InvalidJson, format!("could not read the body: {e}")).into_response();
+            return Problem::new(Code::InvalidJson, format!("could not read the body: {e}"))
+                .into_response();
         }
     };
     let now = now_ms();
@@ -72,11 +86,15 @@ async fn handle(app: &Rc<App>, peer: SocketAddr, endpoint_id: &str, mut req: Req
     ) {
         Ok(v) => v,
         Err(VerifyError::Expired) => {
-            return Problem::new(Code::SignatureExpired, "the signature's timestamp is outside the tolerance")
-                .into_response();
+            return Problem::new(
+                Code::SignatureExpired,
+                "the signature's timestamp is outside the tolerance",
+            )
+            .into_response();
         }
         Err(VerifyError::Invalid) => {
-            return Problem::new(Code::InvalidSignature, "missing or invalid signature").into_response();
+            return Problem::new(Code::InvalidSignature, "missing or invalid signature")
+                .into_response();
         }
     };
     let idempotency_key = verify::idempotency_key(
@@ -90,7 +108,12 @@ async fn handle(app: &Rc<App>, peer: SocketAddr, endpoint_id: &str, mut req: Req
     );
     let kept_headers: Vec<(String, Bytes)> = headers
         .iter()
-        .map(|(name, value)| (name.as_str().to_string(), Bytes::copy_from_slice(value.as_bytes())))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                Bytes::copy_from_slice(value.as_bytes()),
+            )
+        })
         .collect();
     let request = IngestRequest {
         endpoint_id: endpoint.id.clone(),
@@ -106,7 +129,10 @@ async fn handle(app: &Rc<App>, peer: SocketAddr, endpoint_id: &str, mut req: Req
             202,
             &json!({"delivery_id": delivery_id, "status": "queued", "duplicate": false}),
         ),
-        Ok(IngestOk::Duplicate { delivery_id, status }) => json_response(
+        Ok(IngestOk::Duplicate {
+            delivery_id,
+            status,
+        }) => json_response(
             200,
             &json!({"delivery_id": delivery_id, "status": status.as_str(), "duplicate": true}),
         ),
@@ -138,9 +164,14 @@ fn too_large(mut body: Incoming, max: usize) -> HttpResponse {
         })
         .await;
     });
-    let mut resp = Problem::new(Code::PayloadTooLarge, format!("the body is larger than {max} bytes"))
-        .into_response();
-    resp.headers_mut()
-        .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    let mut resp = Problem::new(
+        Code::PayloadTooLarge,
+        format!("the body is larger than {max} bytes"),
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
     resp
 }

@@ -49,9 +49,15 @@ pub async fn v1(
         (&Method::GET, ["endpoints", id]) => endpoints::get(app, &snapshot, &caller, id),
         (&Method::PATCH, ["endpoints", id]) => endpoints::patch(app, &caller, id, req).await,
         (&Method::DELETE, ["endpoints", id]) => endpoints::delete(app, &caller, id).await,
-        (&Method::POST, ["endpoints", id, "pause"]) => endpoints::set_paused(app, &caller, id, true).await,
-        (&Method::POST, ["endpoints", id, "resume"]) => endpoints::set_paused(app, &caller, id, false).await,
-        (&Method::POST, ["endpoints", id, "rotate-secret"]) => endpoints::rotate(app, &caller, id, req).await,
+        (&Method::POST, ["endpoints", id, "pause"]) => {
+            endpoints::set_paused(app, &caller, id, true).await
+        }
+        (&Method::POST, ["endpoints", id, "resume"]) => {
+            endpoints::set_paused(app, &caller, id, false).await
+        }
+        (&Method::POST, ["endpoints", id, "rotate-secret"]) => {
+            endpoints::rotate(app, &caller, id, req).await
+        }
         (&Method::POST, ["api-keys"]) => api_keys::create(app, &caller, req).await,
         (&Method::GET, ["api-keys"]) => api_keys::list(&snapshot, &caller),
         (&Method::DELETE, ["api-keys", id]) => api_keys::delete(app, &caller, id).await,
@@ -62,7 +68,10 @@ pub async fn v1(
         (&Method::GET, ["metrics"]) => metrics::get(app, &snapshot, &caller, &req).await,
         (&Method::GET, ["usage"]) => usage::get(app, &snapshot, &caller, &req).await,
         (&Method::GET, ["audit"]) => audit::list(app, &snapshot, &caller, &req).await,
-        _ => Err(Problem::new(Code::NotFound, format!("no route for {method} /v1/{}", path.join("/")))),
+        _ => Err(Problem::new(
+            Code::NotFound,
+            format!("no route for {method} /v1/{}", path.join("/")),
+        )),
     };
     let response = result.unwrap_or_else(Problem::into_response);
     if audit::is_change(&method) && response.status().is_success() {
@@ -88,7 +97,13 @@ fn touch_key(app: &Rc<App>, caller: &crate::auth::Caller) {
     let meta = app.shard.node.meta().clone();
     let id = caller.key.id.clone();
     tokio::task::spawn_local(async move {
-        if let Err(e) = meta.apply(vec![hookrelay_engine::meta::MetaOp::TouchApiKey { id, at_ms: now }]).await {
+        if let Err(e) = meta
+            .apply(vec![hookrelay_engine::meta::MetaOp::TouchApiKey {
+                id,
+                at_ms: now,
+            }])
+            .await
+        {
             tracing::warn!(error = %e, "could not record an API key's last use");
         }
     });

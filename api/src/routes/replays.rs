@@ -38,7 +38,11 @@ fn invalid(detail: impl Into<String>) -> Problem {
     Problem::new(Code::ValidationFailed, detail)
 }
 
-pub async fn create(app: &Rc<App>, caller: &Caller, mut req: Request<Incoming>) -> Result<HttpResponse, Problem> {
+pub async fn create(
+    app: &Rc<App>,
+    caller: &Caller,
+    mut req: Request<Incoming>,
+) -> Result<HttpResponse, Problem> {
     let tenant_id = caller.require_admin()?.to_string();
     let body: CreateReplay = read_json(req.body_mut()).await?;
     let items = match (body.delivery_ids, body.dlq_range) {
@@ -72,7 +76,11 @@ pub async fn create(app: &Rc<App>, caller: &Caller, mut req: Request<Incoming>) 
     if !job.completed {
         replay::spawn(app.clone(), job.id.clone());
     }
-    let status = if job.completed { "completed" } else { "running" };
+    let status = if job.completed {
+        "completed"
+    } else {
+        "running"
+    };
     Ok(json_response(
         202,
         &json!({"id": job.id, "status": status, "created_at": job.created_at, "total": job.items.len(),
@@ -81,8 +89,13 @@ pub async fn create(app: &Rc<App>, caller: &Caller, mut req: Request<Incoming>) 
 }
 
 /// The DLQ objects of the tenant dead-lettered in `[from, to]`.
-async fn dlq_items(app: &Rc<App>, tenant_id: &str, range: DlqRange) -> Result<Vec<String>, Problem> {
-    let from = parse_rfc3339(&range.from).ok_or_else(|| invalid("dlq_range.from must be RFC 3339"))?;
+async fn dlq_items(
+    app: &Rc<App>,
+    tenant_id: &str,
+    range: DlqRange,
+) -> Result<Vec<String>, Problem> {
+    let from =
+        parse_rfc3339(&range.from).ok_or_else(|| invalid("dlq_range.from must be RFC 3339"))?;
     let to = parse_rfc3339(&range.to).ok_or_else(|| invalid("dlq_range.to must be RFC 3339"))?;
     if to < from {
         return Err(invalid("dlq_range.to is before dlq_range.from"));
@@ -109,7 +122,9 @@ async fn dlq_items(app: &Rc<App>, tenant_id: &str, range: DlqRange) -> Result<Ve
                 items.push(format!("dlq:{key}"));
             }
             if items.len() > ITEMS_MAX {
-                return Err(format!("the range holds more than {ITEMS_MAX} DLQ objects; narrow it"));
+                return Err(format!(
+                    "the range holds more than {ITEMS_MAX} DLQ objects; narrow it"
+                ));
             }
         }
         Ok(items)
@@ -119,7 +134,12 @@ async fn dlq_items(app: &Rc<App>, tenant_id: &str, range: DlqRange) -> Result<Ve
     found.map_err(invalid)
 }
 
-pub async fn get(app: &Rc<App>, snapshot: &Snapshot, caller: &Caller, id: &str) -> Result<HttpResponse, Problem> {
+pub async fn get(
+    app: &Rc<App>,
+    snapshot: &Snapshot,
+    caller: &Caller,
+    id: &str,
+) -> Result<HttpResponse, Problem> {
     let job = match snapshot.replays.get(id) {
         Some(j) if caller.key.tenant_id.as_deref() == Some(j.tenant_id.as_str()) => j.clone(),
         _ => return Err(Problem::new(Code::NotFound, format!("no replay {id}"))),
@@ -129,7 +149,9 @@ pub async fn get(app: &Rc<App>, snapshot: &Snapshot, caller: &Caller, id: &str) 
     for delivery_id in &created {
         match app.shard.delivery(delivery_id).await.map(|d| d.status) {
             Some(s) if s == Status::Success.as_str() => succeeded += 1,
-            Some(s) if s == Status::Failed.as_str() || s == Status::Exhausted.as_str() => failed += 1,
+            Some(s) if s == Status::Failed.as_str() || s == Status::Exhausted.as_str() => {
+                failed += 1
+            }
             _ => {}
         }
     }

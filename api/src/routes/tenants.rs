@@ -27,16 +27,26 @@ struct CreateTenant {
     plan: Option<String>,
 }
 
-pub async fn create(app: &Rc<App>, caller: &Caller, mut req: Request<Incoming>) -> Result<HttpResponse, Problem> {
+pub async fn create(
+    app: &Rc<App>,
+    caller: &Caller,
+    mut req: Request<Incoming>,
+) -> Result<HttpResponse, Problem> {
     caller.require_root()?;
     let body: CreateTenant = read_json(req.body_mut()).await?;
     let name = body.name.unwrap_or_default();
     if name.trim().is_empty() || name.chars().count() > NAME_CHARS_MAX {
-        return Err(Problem::new(Code::ValidationFailed, format!("name is required, 1 to {NAME_CHARS_MAX} characters")));
+        return Err(Problem::new(
+            Code::ValidationFailed,
+            format!("name is required, 1 to {NAME_CHARS_MAX} characters"),
+        ));
     }
     let plan = body.plan.unwrap_or_else(|| "free".into());
     if !PLANS.contains(&plan.as_str()) {
-        return Err(Problem::new(Code::ValidationFailed, format!("plan must be one of {PLANS:?}")));
+        return Err(Problem::new(
+            Code::ValidationFailed,
+            format!("plan must be one of {PLANS:?}"),
+        ));
     }
     let created_at = rfc3339_ms(now_ms());
     let tenant = Tenant {
@@ -107,13 +117,23 @@ pub async fn purge(app: &Rc<App>, caller: &Caller, id: &str) -> Result<HttpRespo
     tokio::task::spawn_blocking(move || store.purge_tenant(&tenant))
         .await
         .map_err(|e| Problem::new(Code::Internal, e.to_string()))?
-        .map_err(|e| Problem::new(Code::Unavailable, format!("DLQ purge failed (retry the request): {e}")))?;
+        .map_err(|e| {
+            Problem::new(
+                Code::Unavailable,
+                format!("DLQ purge failed (retry the request): {e}"),
+            )
+        })?;
     app.shard
         .node
         .audit()
         .purge_tenant(id.to_string())
         .await
-        .map_err(|e| Problem::new(Code::Unavailable, format!("audit purge failed (retry the request): {e}")))?;
+        .map_err(|e| {
+            Problem::new(
+                Code::Unavailable,
+                format!("audit purge failed (retry the request): {e}"),
+            )
+        })?;
     Ok(json_response(
         202,
         &serde_json::json!({"tenant_id": id, "status": "purged", "data_key_generation": generation}),

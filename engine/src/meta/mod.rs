@@ -10,6 +10,4 @@ mod store;
 pub use model::{
     ApiKey, Endpoint, EndpointSecrets, MetaOp, ReplayJob, Role, Tenant, TenantKey, Verification,
 };
-pub use store::{
-    Meta, MetaError, Snapshot, hash_key, parse_allowlist, parse_net, seal_tenant_key,
-};
+pub use store::{Meta, MetaError, Snapshot, hash_key, parse_allowlist, parse_net, seal_tenant_key};

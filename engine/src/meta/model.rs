@@ -152,14 +152,27 @@ pub struct TenantKey {
 pub enum MetaOp {
     PutTenant(Tenant),
     PutEndpoint(Box<Endpoint>),
-    DeleteEndpoint { id: String },
+    DeleteEndpoint {
+        id: String,
+    },
     PutApiKey(ApiKey),
-    DeleteApiKey { id: String },
+    DeleteApiKey {
+        id: String,
+    },
     PutReplay(Box<ReplayJob>),
-    PutTenantKey { tenant_id: String, key: TenantKey },
+    PutTenantKey {
+        tenant_id: String,
+        key: TenantKey,
+    },
     /// A key was used; applied only if the key still exists (a revoked key stays revoked).
-    TouchApiKey { id: String, at_ms: u64 },
+    TouchApiKey {
+        id: String,
+        at_ms: u64,
+    },
     /// GDPR purge: the tenant's API keys and replay jobs go, and its data key is replaced by a
     /// new generation, so every payload sealed under the old one is unreadable for good.
-    PurgeTenant { tenant_id: String, key: TenantKey },
+    PurgeTenant {
+        tenant_id: String,
+        key: TenantKey,
+    },
 }

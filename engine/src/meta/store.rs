@@ -183,16 +183,24 @@ impl Snapshot {
 }
 
 /// Seals a new data key for `tenant_id` under the master key.
-pub fn seal_tenant_key(master: &SecretKey, tenant_id: &str, generation: u32, key: &SecretKey) -> TenantKey {
+pub fn seal_tenant_key(
+    master: &SecretKey,
+    tenant_id: &str,
+    generation: u32,
+    key: &SecretKey,
+) -> TenantKey {
     let context = format!("{tenant_id}/{generation}");
     TenantKey {
         generation,
-        sealed: base64::engine::general_purpose::STANDARD.encode(master.seal(key.as_bytes(), context.as_bytes())),
+        sealed: base64::engine::general_purpose::STANDARD
+            .encode(master.seal(key.as_bytes(), context.as_bytes())),
     }
 }
 
 fn open_tenant_key(master: &SecretKey, tenant_id: &str, k: &TenantKey) -> Option<SecretKey> {
-    let sealed = base64::engine::general_purpose::STANDARD.decode(&k.sealed).ok()?;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(&k.sealed)
+        .ok()?;
     let plain = master
         .open(&sealed, format!("{tenant_id}/{}", k.generation).as_bytes())
         .ok()?;
@@ -251,11 +259,13 @@ impl Meta {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let snap_path = dir.join("meta.snapshot.json");
         let mut state = match std::fs::read(&snap_path) {
-            Ok(bytes) => serde_json::from_slice::<State>(&bytes).map_err(|e| MetaError::Corrupt {
-                path: snap_path.clone(),
-                line: 0,
-                reason: e.to_string(),
-            })?,
+            Ok(bytes) => {
+                serde_json::from_slice::<State>(&bytes).map_err(|e| MetaError::Corrupt {
+                    path: snap_path.clone(),
+                    line: 0,
+                    reason: e.to_string(),
+                })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(io(&snap_path)(e)),
         };
@@ -341,7 +351,9 @@ impl Meta {
         }
         w.log_lines += ops.len();
         w.version += ops.len() as u64;
-        let purged = ops.iter().any(|op| matches!(op, MetaOp::PurgeTenant { .. }));
+        let purged = ops
+            .iter()
+            .any(|op| matches!(op, MetaOp::PurgeTenant { .. }));
         if purged {
             // The old data key is in the log's lines: rewrite the snapshot and empty the log
             // now, or the purge is not real. A failure here fails the purge.
@@ -393,7 +405,9 @@ fn load_or_create_master(dir: &Path) -> Result<SecretKey, MetaError> {
             f.write_all(key.as_bytes()).map_err(io(&tmp))?;
             f.sync_all().map_err(io(&tmp))?;
             std::fs::rename(&tmp, &path).map_err(io(&path))?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
             Ok(key)
         }
         Err(e) => Err(io(&path)(e)),
@@ -408,7 +422,9 @@ fn compact(dir: &Path, w: &mut Writer) -> Result<(), MetaError> {
     f.write_all(&json).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     let log_path = dir.join("meta.log");
     w.log.set_len(0).map_err(io(&log_path))?;
     w.log.sync_all().map_err(io(&log_path))?;
@@ -514,10 +530,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open(dir.path()).unwrap();
         meta.apply_blocking(&[key("a"), key("b")]).unwrap();
-        meta.apply_blocking(&[MetaOp::DeleteApiKey { id: "a".into() }]).unwrap();
+        meta.apply_blocking(&[MetaOp::DeleteApiKey { id: "a".into() }])
+            .unwrap();
         drop(meta);
         // A torn append: half a line at the end.
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("meta.log")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("meta.log"))
+            .unwrap();
         f.write_all(b"deadbeef {\"op\":").unwrap();
         drop(f);
         let meta = Meta::open(dir.path()).unwrap();
@@ -535,21 +555,27 @@ mod tests {
     fn corruption_in_the_middle_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open(dir.path()).unwrap();
-        meta.apply_blocking(&[key("a"), key("b"), key("c")]).unwrap();
+        meta.apply_blocking(&[key("a"), key("b"), key("c")])
+            .unwrap();
         drop(meta);
         let path = dir.path().join("meta.log");
         let mut bytes = std::fs::read(&path).unwrap();
         let first_nl = bytes.iter().position(|b| *b == b'\n').unwrap();
         bytes[first_nl + 12] ^= 0x20;
         std::fs::write(&path, bytes).unwrap();
-        assert!(matches!(Meta::open(dir.path()), Err(MetaError::Corrupt { line: 2, .. })));
+        assert!(matches!(
+            Meta::open(dir.path()),
+            Err(MetaError::Corrupt { line: 2, .. })
+        ));
     }
 
     #[test]
     fn compaction_keeps_state() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta::open(dir.path()).unwrap();
-        let ops: Vec<MetaOp> = (0..COMPACT_AFTER_OPS + 5).map(|i| key(&format!("k{i}"))).collect();
+        let ops: Vec<MetaOp> = (0..COMPACT_AFTER_OPS + 5)
+            .map(|i| key(&format!("k{i}")))
+            .collect();
         meta.apply_blocking(&ops).unwrap();
         meta.apply_blocking(&[key("last")]).unwrap();
         drop(meta);

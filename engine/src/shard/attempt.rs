@@ -9,8 +9,8 @@ use crate::delivery::classify::{Outcome, classify, error_class};
 use crate::delivery::client::AttemptRequest;
 use crate::meta::Endpoint;
 use crate::record::{Attempted, Ingested, Status, TYPE_ATTEMPTED};
-use crate::shard::query::ReadError;
 use crate::shard::core::ShardCore;
+use crate::shard::query::ReadError;
 use crate::shard::scheduler::{Done, Entry};
 use crate::signing;
 
@@ -48,25 +48,29 @@ pub(crate) async fn run(core: Rc<ShardCore>, endpoint_id: Rc<str>, entry: Entry)
 async fn attempt(core: &Rc<ShardCore>, endpoint_id: &str, mut entry: Entry) {
     let snapshot = core.node.meta().load();
     let Some(endpoint) = snapshot.endpoints.get(endpoint_id).cloned() else {
-        core.finish_without_attempt(endpoint_id, entry, "endpoint_deleted").await;
+        core.finish_without_attempt(endpoint_id, entry, "endpoint_deleted")
+            .await;
         return;
     };
     let record = match core.read_ingested(entry.ingest_offset, true) {
         Ok(r) => r,
         Err(ReadError::Purged) => {
-            core.finish_without_attempt(endpoint_id, entry, "purged").await;
+            core.finish_without_attempt(endpoint_id, entry, "purged")
+                .await;
             return;
         }
         Err(ReadError::Unreadable(reason)) => {
             // Corruption under a live delivery: say so loudly; it cannot be forwarded.
             tracing::error!(shard = core.id, offset = entry.ingest_offset, %reason, "ingest record unreadable");
-            core.finish_without_attempt(endpoint_id, entry, "record_unreadable").await;
+            core.finish_without_attempt(endpoint_id, entry, "record_unreadable")
+                .await;
             return;
         }
     };
     let Ok(url) = endpoint.destination_url.parse::<http::Uri>() else {
         // Validated at write time; a URL that no longer parses cannot be delivered to.
-        core.finish_without_attempt(endpoint_id, entry, "invalid_url").await;
+        core.finish_without_attempt(endpoint_id, entry, "invalid_url")
+            .await;
         return;
     };
     let n = entry.attempts + 1;
@@ -84,7 +88,10 @@ async fn attempt(core: &Rc<ShardCore>, endpoint_id: &str, mut entry: Entry) {
     let (status_after, next_due_ms) = match outcome {
         Outcome::Success => (Status::Success, 0),
         Outcome::Failed if policy.retry_client_errors_once && n == 1 && n < policy.max_attempts => {
-            (Status::Queued, now + policy.next_delay_ms(n, None, rand::random::<f64>()))
+            (
+                Status::Queued,
+                now + policy.next_delay_ms(n, None, rand::random::<f64>()),
+            )
         }
         Outcome::Failed => (Status::Failed, 0),
         Outcome::Retry { .. } if n >= policy.max_attempts => (Status::Exhausted, 0),
@@ -122,7 +129,13 @@ impl ShardCore {
     /// Appends an attempt record, waits for it to be durable, then updates the state table and
     /// the scheduler. On a log failure the outcome stays in memory only: the delivery will be
     /// attempted again after restart (at least once, never lost).
-    pub(crate) async fn book(self: &Rc<Self>, endpoint_id: &str, entry: &mut Entry, booked: Attempted, done: Done) {
+    pub(crate) async fn book(
+        self: &Rc<Self>,
+        endpoint_id: &str,
+        entry: &mut Entry,
+        booked: Attempted,
+        done: Done,
+    ) {
         let status_after = booked.status_after;
         let next_due_ms = booked.next_due_ms;
         let usage = self.usage_pending(&booked);
@@ -156,7 +169,12 @@ impl ShardCore {
 
     /// Ends a delivery that can no longer be attempted (its endpoint is gone, its record is
     /// unreadable) as `failed`, without counting an attempt (`n = 0` marks such a record).
-    pub(crate) async fn finish_without_attempt(self: &Rc<Self>, endpoint_id: &str, mut entry: Entry, reason: &str) {
+    pub(crate) async fn finish_without_attempt(
+        self: &Rc<Self>,
+        endpoint_id: &str,
+        mut entry: Entry,
+        reason: &str,
+    ) {
         let booked = Attempted {
             seq: entry.seq,
             n: 0,
@@ -168,8 +186,15 @@ impl ShardCore {
             next_due_ms: 0,
             prev_offset: entry.last_offset,
         };
-        self.book(endpoint_id, &mut entry, booked, Done::Final { retryable_failure: false })
-            .await;
+        self.book(
+            endpoint_id,
+            &mut entry,
+            booked,
+            Done::Final {
+                retryable_failure: false,
+            },
+        )
+        .await;
     }
 
     /// Queued deliveries of a deleted endpoint: they end failed (and so land in the DLQ).
@@ -188,7 +213,12 @@ impl ShardCore {
 
 /// The headers sent to the receiver: the sender's (minus [`DROPPED_HEADERS`]) plus HookRelay's
 /// Standard Webhooks signature and `X-HookRelay-*` headers.
-fn forward_headers(record: &Ingested, endpoint: &Endpoint, n: u32, now_ms: u64) -> Vec<(String, Vec<u8>)> {
+fn forward_headers(
+    record: &Ingested,
+    endpoint: &Endpoint,
+    n: u32,
+    now_ms: u64,
+) -> Vec<(String, Vec<u8>)> {
     // Headers the sender named in `Connection` are hop-by-hop too (RFC 9110 §7.6.1).
     let connection_named: Vec<String> = record
         .headers
@@ -205,14 +235,19 @@ fn forward_headers(record: &Ingested, endpoint: &Endpoint, n: u32, now_ms: u64) 
     let mut out: Vec<(String, Vec<u8>)> = record
         .headers
         .iter()
-        .filter(|(name, _)| !DROPPED_HEADERS.contains(&name.as_str()) && !connection_named.contains(name))
+        .filter(|(name, _)| {
+            !DROPPED_HEADERS.contains(&name.as_str()) && !connection_named.contains(name)
+        })
         .map(|(name, value)| (name.clone(), value.to_vec()))
         .collect();
     let timestamp = (now_ms / 1000) as i64;
     let secrets = endpoint.signing_secrets(now_ms);
     let signature = signing::sign(&secrets, &record.delivery_id, timestamp, &record.body);
     out.push(("webhook-id".into(), record.delivery_id.clone().into_bytes()));
-    out.push(("webhook-timestamp".into(), timestamp.to_string().into_bytes()));
+    out.push((
+        "webhook-timestamp".into(),
+        timestamp.to_string().into_bytes(),
+    ));
     out.push(("webhook-signature".into(), signature.into_bytes()));
     out.push((
         "x-hookrelay-delivery-id".into(),
@@ -220,7 +255,10 @@ fn forward_headers(record: &Ingested, endpoint: &Endpoint, n: u32, now_ms: u64) 
     ));
     out.push(("x-hookrelay-attempt".into(), n.to_string().into_bytes()));
     if let Some(original) = &record.replay_of {
-        out.push(("x-hookrelay-replay-of".into(), original.clone().into_bytes()));
+        out.push((
+            "x-hookrelay-replay-of".into(),
+            original.clone().into_bytes(),
+        ));
     }
     out
 }

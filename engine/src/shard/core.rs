@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::clock::{mono_ms, wall_to_mono};
 use crate::delivery::client::{ClientOptions, DeliveryClient};
 use crate::dlq::local::LocalDlq;
 use crate::idempotency::{IdempotencyIndex, IndexOptions};
-use crate::clock::{mono_ms, wall_to_mono};
 use crate::ids::now_ms;
 use crate::node::Node;
 use crate::shard::scheduler::{Entry, Limits, Scheduler};
@@ -105,7 +105,11 @@ impl ShardCore {
             "log opened"
         );
         if recovered.truncated_bytes > 0 {
-            tracing::warn!(shard = id, bytes = recovered.truncated_bytes, "cut a torn log tail");
+            tracing::warn!(
+                shard = id,
+                bytes = recovered.truncated_bytes,
+                "cut a torn log tail"
+            );
         }
         let idem = IdempotencyIndex::open(
             &dir.join("idempotency"),
@@ -310,7 +314,13 @@ impl ShardCore {
 
     /// Scans the state table from `from` for queued deliveries of `endpoint`, admitting up to
     /// `room` of them; returns where the next scan should start, or `None` when none are left.
-    pub(crate) fn scan_queued(&self, endpoint: &str, from: u64, room: usize, now: u64) -> Option<u64> {
+    pub(crate) fn scan_queued(
+        &self,
+        endpoint: &str,
+        from: u64,
+        room: usize,
+        now: u64,
+    ) -> Option<u64> {
         /// Slots examined per refill, so one refill cannot stall the shard.
         const SCAN_SLOTS_MAX: u64 = 1 << 18;
         let end = self.next_seq.get();
@@ -334,7 +344,9 @@ impl ShardCore {
                     attempts: u32::from(slot.attempts),
                 };
                 let due = (slot.next_due_ms > 0).then(|| wall_to_mono(slot.next_due_ms));
-                self.sched.borrow_mut().admit_refilled(endpoint, entry, due, now);
+                self.sched
+                    .borrow_mut()
+                    .admit_refilled(endpoint, entry, due, now);
                 admitted += 1;
             }
             seq += 1;
@@ -344,7 +356,9 @@ impl ShardCore {
 
     /// The endpoint id of the delivery ingested at `offset`.
     pub(crate) fn endpoint_of(&self, offset: u64) -> Option<String> {
-        self.read_ingested(offset, false).ok().map(|i| i.endpoint_id)
+        self.read_ingested(offset, false)
+            .ok()
+            .map(|i| i.endpoint_id)
     }
 
     pub(crate) fn is_poisoned(&self) -> bool {

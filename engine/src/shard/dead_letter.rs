@@ -46,7 +46,11 @@ impl ShardCore {
         if slot.ingest_offset < self.log.first_offset() {
             // Retention deletes only dead-lettered failures, so this is a stale slot; retrying
             // could never read the record, and would hold up every later shipment.
-            tracing::error!(shard = self.id, seq, "DLQ: ingest record already deleted; nothing to ship");
+            tracing::error!(
+                shard = self.id,
+                seq,
+                "DLQ: ingest record already deleted; nothing to ship"
+            );
             return Ok(());
         }
         self.log
@@ -68,8 +72,9 @@ impl ShardCore {
         };
         let history = self.history(slot.last_offset, slot.ingest_offset);
         let final_at_ms = history.attempts.last().map_or(now_ms(), |a| a.at_ms);
-        let final_at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(final_at_ms) * 1_000_000)
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let final_at =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(final_at_ms) * 1_000_000)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
         let key = object_key(&rec.tenant_id, &rec.endpoint_id, final_at, &rec.delivery_id);
         let object = DlqObject {
             delivery_id: rec.delivery_id.clone(),

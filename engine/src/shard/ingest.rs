@@ -2,8 +2,8 @@
 
 use std::rc::Rc;
 
-use crate::ids;
 use crate::idempotency::{Hit, body_hash};
+use crate::ids;
 use crate::record::{Ingested, Status, TYPE_INGESTED};
 use crate::shard::core::{ShardCore, endpoint_tag};
 use crate::shard::scheduler::Entry;
@@ -22,10 +22,10 @@ impl ShardCore {
             ));
         }
         let hash = body_hash(&req.body);
-        let hit = self
-            .idem
-            .borrow()
-            .lookup(&req.endpoint_id, &req.idempotency_key, req.received_at_ms);
+        let hit =
+            self.idem
+                .borrow()
+                .lookup(&req.endpoint_id, &req.idempotency_key, req.received_at_ms);
         if let Some(hit) = hit
             && let Some(answer) = self.confirm_duplicate(&req, hit, hash).await?
         {
@@ -66,7 +66,13 @@ impl ShardCore {
         };
         self.idem
             .borrow_mut()
-            .insert(&record.endpoint_id, &record.idempotency_key, hash, offset, record.received_at_ms)
+            .insert(
+                &record.endpoint_id,
+                &record.idempotency_key,
+                hash,
+                offset,
+                record.received_at_ms,
+            )
             .map_err(|e| refuse("idempotency index insert", &e))?;
         let slot = Slot {
             ingest_offset: offset,
@@ -85,7 +91,10 @@ impl ShardCore {
             .log
             .append_nowait(TYPE_INGESTED, encoded)
             .map_err(|e| refuse("log append", &e))?;
-        assert_eq!(appended, offset, "the log moved between the prediction and the append");
+        assert_eq!(
+            appended, offset,
+            "the log moved between the prediction and the append"
+        );
         self.log.wait_durable(offset).await.map_err(|e| {
             self.node.mark_poisoned_once(self.id);
             IngestError::Unavailable(format!("fsync failed: {e}"))
@@ -99,7 +108,11 @@ impl ShardCore {
         self.sched
             .borrow_mut()
             .admit(&record.endpoint_id, entry, None, crate::clock::mono_ms());
-        self.note_ingested(&record.endpoint_id, &record.tenant_id, record.received_at_ms);
+        self.note_ingested(
+            &record.endpoint_id,
+            &record.tenant_id,
+            record.received_at_ms,
+        );
         self.wake.notify_one();
         Ok(IngestOk::Accepted { delivery_id })
     }

@@ -85,7 +85,9 @@ impl ShardCore {
             let Some(slot) = self.table.borrow().get(seq) else {
                 continue;
             };
-            if q.status.is_some_and(|s| s != slot.status) || !q.endpoint_tags.contains(&slot.endpoint_tag) {
+            if q.status.is_some_and(|s| s != slot.status)
+                || !q.endpoint_tags.contains(&slot.endpoint_tag)
+            {
                 continue;
             }
             let Ok(rec) = self.read_ingested(slot.ingest_offset, false) else {
@@ -94,7 +96,11 @@ impl ShardCore {
             if self.is_purged(&rec) {
                 continue;
             }
-            if rec.tenant_id != q.tenant_id || q.endpoint_id.as_ref().is_some_and(|e| *e != rec.endpoint_id) {
+            if rec.tenant_id != q.tenant_id
+                || q.endpoint_id
+                    .as_ref()
+                    .is_some_and(|e| *e != rec.endpoint_id)
+            {
                 continue;
             }
             if q.until_ms.is_some_and(|u| rec.received_at_ms > u) {

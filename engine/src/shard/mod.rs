@@ -65,7 +65,10 @@ pub enum IngestError {
 
 /// Messages between shards. Every reply travels on a oneshot.
 pub enum ShardMsg {
-    Ingest(IngestRequest, oneshot::Sender<Result<IngestOk, IngestError>>),
+    Ingest(
+        IngestRequest,
+        oneshot::Sender<Result<IngestOk, IngestError>>,
+    ),
     Delivery {
         seq: u64,
         delivery_id: String,
@@ -207,7 +210,11 @@ impl ShardCtx {
 
 impl ShardCtx {
     /// `GET /v1/deliveries`: a page newest first across shards.
-    pub async fn list_deliveries(&self, query: ListQuery, cursor: Option<&str>) -> Result<DeliveryPage, ListError> {
+    pub async fn list_deliveries(
+        &self,
+        query: ListQuery,
+        cursor: Option<&str>,
+    ) -> Result<DeliveryPage, ListError> {
         let shards = self.node.shards();
         let positions = match cursor {
             None => vec![ScanPos::Newest; shards],
@@ -232,10 +239,15 @@ impl ShardCtx {
                 let (tx, rx) = oneshot::channel();
                 self.node
                     .inbox(i)
-                    .send(ShardMsg::List { query: query.clone(), from, reply: tx })
+                    .send(ShardMsg::List {
+                        query: query.clone(),
+                        from,
+                        reply: tx,
+                    })
                     .await
                     .map_err(|_| ListError::Unavailable("shard is stopped"))?;
-                rx.await.map_err(|_| ListError::Unavailable("shard dropped the request"))?
+                rx.await
+                    .map_err(|_| ListError::Unavailable("shard dropped the request"))?
             };
             pages.push(page);
         }
@@ -244,12 +256,20 @@ impl ShardCtx {
             .enumerate()
             .flat_map(|(i, p)| p.items.iter().cloned().map(move |d| (i, d)))
             .collect();
-        all.sort_by(|(_, a), (_, b)| b.created_ms.cmp(&a.created_ms).then_with(|| b.id.cmp(&a.id)));
+        all.sort_by(|(_, a), (_, b)| {
+            b.created_ms
+                .cmp(&a.created_ms)
+                .then_with(|| b.id.cmp(&a.id))
+        });
         let rest = all.split_off(all.len().min(query.limit));
         let mut next = Vec::with_capacity(shards);
         for (i, page) in pages.iter().enumerate() {
             // The shard's first item not on this page is where it resumes.
-            let first_left = rest.iter().filter(|(s, _)| *s == i).map(|(_, d)| d.seq).max();
+            let first_left = rest
+                .iter()
+                .filter(|(s, _)| *s == i)
+                .map(|(_, d)| d.seq)
+                .max();
             next.push(match (positions[i], first_left, page.next_from) {
                 (ScanPos::Done, _, _) => ScanPos::Done,
                 (_, Some(seq), _) => ScanPos::From(seq + 1),
@@ -299,7 +319,10 @@ pub async fn run(ctx: Rc<ShardCtx>, inbox: mpsc::Receiver<ShardMsg>) -> Result<(
             core::Exit::Shutdown => return Ok(()),
             core::Exit::Poisoned => {
                 ctx.node.mark_unready(ctx.id);
-                tracing::warn!(shard = ctx.id, "log poisoned; the shard will reopen its storage");
+                tracing::warn!(
+                    shard = ctx.id,
+                    "log poisoned; the shard will reopen its storage"
+                );
                 drop(core);
                 if wait_or_stop(&ctx, REOPEN_RETRY).await {
                     return Ok(());

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use crate::clock::rfc3339_ms;
 use crate::dlq::object::AttemptEntry;
-use crate::record::{Attempted, DeadLettered, Ingested, Status, TYPE_ATTEMPTED, TYPE_DEAD_LETTERED};
+use crate::record::{
+    Attempted, DeadLettered, Ingested, Status, TYPE_ATTEMPTED, TYPE_DEAD_LETTERED,
+};
 use crate::shard::core::ShardCore;
 
 /// Longest attempt chain walked (max_attempts is at most 100; leaves room for other records).
@@ -91,15 +93,22 @@ pub(crate) enum ReadError {
 
 impl ShardCore {
     /// Reads the ingest record at `offset`, opening its sealed payload when `with_payload`.
-    pub(crate) fn read_ingested(&self, offset: u64, with_payload: bool) -> Result<Ingested, ReadError> {
+    pub(crate) fn read_ingested(
+        &self,
+        offset: u64,
+        with_payload: bool,
+    ) -> Result<Ingested, ReadError> {
         let rec = self
             .log
             .read(offset)
             .map_err(|e| ReadError::Unreadable(e.to_string()))?;
         if rec.record_type != crate::record::TYPE_INGESTED {
-            return Err(ReadError::Unreadable(format!("record {offset} is not an ingest record")));
+            return Err(ReadError::Unreadable(format!(
+                "record {offset} is not an ingest record"
+            )));
         }
-        let mut ingested = Ingested::decode(rec.payload).map_err(|e| ReadError::Unreadable(e.to_string()))?;
+        let mut ingested =
+            Ingested::decode(rec.payload).map_err(|e| ReadError::Unreadable(e.to_string()))?;
         if with_payload && ingested.is_sealed() {
             let snapshot = self.node.meta().load();
             match snapshot.data_keys.get(&ingested.tenant_id) {
@@ -125,7 +134,11 @@ impl ShardCore {
     }
 
     /// The ingest record and history of delivery `seq`, checked against `delivery_id`.
-    pub(crate) fn load_delivery(&self, seq: u64, delivery_id: &str) -> Option<(Ingested, History, Status)> {
+    pub(crate) fn load_delivery(
+        &self,
+        seq: u64,
+        delivery_id: &str,
+    ) -> Option<(Ingested, History, Status)> {
         let slot = self.table.borrow().get(seq)?;
         let status = slot.status;
         let ingested = self.read_ingested(slot.ingest_offset, true).ok()?;

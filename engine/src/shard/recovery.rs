@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::clock::now_ms;
-use crate::record::{Attempted, DeadLettered, Ingested, Status, TYPE_ATTEMPTED, TYPE_DEAD_LETTERED, TYPE_INGESTED};
+use crate::record::{
+    Attempted, DeadLettered, Ingested, Status, TYPE_ATTEMPTED, TYPE_DEAD_LETTERED, TYPE_INGESTED,
+};
 use crate::shard::core::{Error, ShardCore, endpoint_tag};
 use crate::shard::dead_letter::FLAG_DEAD_LETTERED;
 use crate::shard::scheduler::{Admit, Entry};
@@ -37,7 +39,8 @@ impl ShardCore {
             let offset = rec.offset;
             match rec.record_type {
                 TYPE_INGESTED => {
-                    let i = Ingested::decode(rec.payload).map_err(|e| self.shard_error(offset, e))?;
+                    let i =
+                        Ingested::decode(rec.payload).map_err(|e| self.shard_error(offset, e))?;
                     let slot = Slot {
                         ingest_offset: offset,
                         last_offset: offset,
@@ -52,7 +55,13 @@ impl ShardCore {
                     if offset >= index_from && i.received_at_ms.saturating_add(ttl_ms) > now {
                         self.idem
                             .borrow_mut()
-                            .insert(&i.endpoint_id, &i.idempotency_key, i.body_hash, offset, i.received_at_ms)
+                            .insert(
+                                &i.endpoint_id,
+                                &i.idempotency_key,
+                                i.body_hash,
+                                offset,
+                                i.received_at_ms,
+                            )
                             .map_err(|e| Error::Index {
                                 shard: self.id,
                                 reason: e.to_string(),
@@ -64,7 +73,8 @@ impl ShardCore {
                     });
                 }
                 TYPE_ATTEMPTED => {
-                    let a = Attempted::decode(rec.payload).map_err(|e| self.shard_error(offset, e))?;
+                    let a =
+                        Attempted::decode(rec.payload).map_err(|e| self.shard_error(offset, e))?;
                     metrics_replay.attempted(offset, &a);
                     let slot = self.table.borrow().get(a.seq);
                     if let Some(mut slot) = slot.filter(|s| s.ingest_offset < offset) {
@@ -76,7 +86,8 @@ impl ShardCore {
                     }
                 }
                 TYPE_DEAD_LETTERED => {
-                    let d = DeadLettered::decode(rec.payload).map_err(|e| self.shard_error(offset, e))?;
+                    let d = DeadLettered::decode(rec.payload)
+                        .map_err(|e| self.shard_error(offset, e))?;
                     let slot = self.table.borrow().get(d.seq);
                     if let Some(mut slot) = slot.filter(|s| s.ingest_offset < offset) {
                         slot.last_offset = offset;
@@ -124,10 +135,13 @@ impl ShardCore {
     }
 
     fn put_slot(&self, seq: u64, slot: &Slot) -> Result<(), Error> {
-        self.table.borrow_mut().put(seq, slot).map_err(|e| Error::Table {
-            shard: self.id,
-            reason: e.to_string(),
-        })
+        self.table
+            .borrow_mut()
+            .put(seq, slot)
+            .map_err(|e| Error::Table {
+                shard: self.id,
+                reason: e.to_string(),
+            })
     }
 
     /// Pass 2: queued deliveries to the scheduler, unshipped failures to the DLQ shipper.
@@ -165,13 +179,21 @@ impl ShardCore {
                         last_offset: slot.last_offset,
                         attempts: u32::from(slot.attempts),
                     };
-                    let due = (slot.next_due_ms > 0).then(|| crate::clock::wall_to_mono(slot.next_due_ms));
-                    let admitted = self.sched.borrow_mut().admit(&endpoint, entry, due, crate::clock::mono_ms());
+                    let due = (slot.next_due_ms > 0)
+                        .then(|| crate::clock::wall_to_mono(slot.next_due_ms));
+                    let admitted = self.sched.borrow_mut().admit(
+                        &endpoint,
+                        entry,
+                        due,
+                        crate::clock::mono_ms(),
+                    );
                     if admitted == Admit::Overflow && unique == Some(endpoint.as_str()) {
                         overflowed.insert(slot.endpoint_tag, ());
                     }
                 }
-                Some(Status::Failed | Status::Exhausted) if slot.flags & FLAG_DEAD_LETTERED == 0 => {
+                Some(Status::Failed | Status::Exhausted)
+                    if slot.flags & FLAG_DEAD_LETTERED == 0 =>
+                {
                     dead_letters += 1;
                     self.queue_dead_letter(seq);
                 }

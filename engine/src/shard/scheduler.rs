@@ -86,9 +86,13 @@ pub enum Admit {
 pub enum Done {
     Success,
     /// Final without success (failed or exhausted).
-    Final { retryable_failure: bool },
+    Final {
+        retryable_failure: bool,
+    },
     /// Try again at `due_ms`.
-    Retry { due_ms: u64 },
+    Retry {
+        due_ms: u64,
+    },
 }
 
 pub struct Scheduler {
@@ -174,7 +178,13 @@ impl Scheduler {
     }
 
     /// A delivery that should go out at `due_ms` (or now). Honours the per-endpoint cap.
-    pub fn admit(&mut self, endpoint_id: &str, entry: Entry, due_ms: Option<u64>, now_ms: u64) -> Admit {
+    pub fn admit(
+        &mut self,
+        endpoint_id: &str,
+        entry: Entry,
+        due_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Admit {
         let k = self.key(endpoint_id);
         let cap = self.cap;
         let q = self.queues.get_mut(&k).expect("queue exists");
@@ -192,7 +202,13 @@ impl Scheduler {
     }
 
     /// Like [`Scheduler::admit`] for the refill scan, which has checked the room itself.
-    pub fn admit_refilled(&mut self, endpoint_id: &str, entry: Entry, due_ms: Option<u64>, now_ms: u64) {
+    pub fn admit_refilled(
+        &mut self,
+        endpoint_id: &str,
+        entry: Entry,
+        due_ms: Option<u64>,
+        now_ms: u64,
+    ) {
         let k = self.key(endpoint_id);
         self.place(k, entry, due_ms, now_ms);
     }
@@ -370,10 +386,19 @@ mod tests {
     use super::*;
 
     fn e(seq: u64) -> Entry {
-        Entry { seq, ingest_offset: seq, last_offset: seq, attempts: 0 }
+        Entry {
+            seq,
+            ingest_offset: seq,
+            last_offset: seq,
+            attempts: 0,
+        }
     }
     fn lim(max: u32) -> Option<Limits> {
-        Some(Limits { max_in_flight: max, rate_limit_per_s: None, paused: false })
+        Some(Limits {
+            max_in_flight: max,
+            rate_limit_per_s: None,
+            paused: false,
+        })
     }
 
     #[test]
@@ -425,7 +450,23 @@ mod tests {
         s.admit("p", e(1), None, 0);
         s.admit("gone", e(2), None, 0);
         let (mut out, mut orphans) = (Vec::new(), Vec::new());
-        s.take_dispatchable(0, 10, |k| if k == "p" { Some(Limits { max_in_flight: 5, rate_limit_per_s: None, paused: true }) } else { None }, &mut out, &mut orphans);
+        s.take_dispatchable(
+            0,
+            10,
+            |k| {
+                if k == "p" {
+                    Some(Limits {
+                        max_in_flight: 5,
+                        rate_limit_per_s: None,
+                        paused: true,
+                    })
+                } else {
+                    None
+                }
+            },
+            &mut out,
+            &mut orphans,
+        );
         assert!(out.is_empty());
         assert_eq!(orphans.len(), 1);
         s.mark_all_dirty();
@@ -463,7 +504,13 @@ mod tests {
         for i in 0..10 {
             s.admit("ep", e(i), None, 0);
         }
-        let l = || Some(Limits { max_in_flight: 100, rate_limit_per_s: Some(2), paused: false });
+        let l = || {
+            Some(Limits {
+                max_in_flight: 100,
+                rate_limit_per_s: Some(2),
+                paused: false,
+            })
+        };
         let (mut out, mut orphans) = (Vec::new(), Vec::new());
         // The bucket starts empty and fills at 2/s.
         s.take_dispatchable(0, 100, |_| l(), &mut out, &mut orphans);
