@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod backoff;
+pub mod checked_line;
 pub mod clock;
 pub mod delivery;
 pub mod dlq;

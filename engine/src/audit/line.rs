@@ -16,12 +16,8 @@ const BLOCK_BYTES: usize = 64 << 10;
 
 /// The line for `entry`, terminator included.
 pub(super) fn encode(entry: &Entry) -> Vec<u8> {
-    let json = serde_json::to_vec(entry).expect("an audit entry serialises");
-    let crc = crc32fast::hash(&json);
-    let mut line = Vec::with_capacity(json.len() + 10);
-    line.extend_from_slice(format!("{crc:08x} ").as_bytes());
-    line.extend_from_slice(&json);
-    line.push(b'\n');
+    let mut line = Vec::new();
+    crate::checked_line::encode_into(entry, &mut line);
     // Pair assertion: what we write must be what the reader accepts.
     assert!(
         line.len() <= LINE_BYTES_MAX,
@@ -34,19 +30,7 @@ pub(super) fn encode(entry: &Entry) -> Vec<u8> {
 
 /// Parses a line without its terminator.
 pub(super) fn parse(line: &[u8]) -> Result<Entry, String> {
-    if line.len() < 10 || line.get(8) != Some(&b' ') {
-        return Err("malformed line".into());
-    }
-    let (crc_hex, rest) = line.split_at(8);
-    let json = &rest[1..];
-    let crc = std::str::from_utf8(crc_hex)
-        .ok()
-        .and_then(|s| u32::from_str_radix(s, 16).ok())
-        .ok_or("bad checksum field")?;
-    if crc32fast::hash(json) != crc {
-        return Err("checksum mismatch".into());
-    }
-    serde_json::from_slice(json).map_err(|e| e.to_string())
+    crate::checked_line::parse(line)
 }
 
 /// What the reverse reader finds, newest first.

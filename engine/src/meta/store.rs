@@ -334,11 +334,7 @@ impl Meta {
         let log_path = inner.dir.join("meta.log");
         let mut buf = Vec::new();
         for op in ops {
-            let json = serde_json::to_vec(op).expect("metadata serialises");
-            let crc = crc32fast::hash(&json);
-            buf.extend_from_slice(format!("{crc:08x} ").as_bytes());
-            buf.extend_from_slice(&json);
-            buf.push(b'\n');
+            crate::checked_line::encode_into(op, &mut buf);
         }
         let written = w.log.write_all(&buf).and_then(|()| w.log.sync_data());
         if let Err(e) = written {
@@ -485,19 +481,7 @@ fn parse_line(line: &[u8]) -> Result<MetaOp, String> {
     let line = line
         .strip_suffix(b"\n")
         .ok_or_else(|| "incomplete line".to_string())?;
-    if line.len() < 10 || line.get(8) != Some(&b' ') {
-        return Err("malformed line".into());
-    }
-    let (crc_hex, json) = line.split_at(8);
-    let json = &json[1..];
-    let crc = std::str::from_utf8(crc_hex)
-        .ok()
-        .and_then(|s| u32::from_str_radix(s, 16).ok())
-        .ok_or("bad checksum field")?;
-    if crc32fast::hash(json) != crc {
-        return Err("checksum mismatch".into());
-    }
-    serde_json::from_slice(json).map_err(|e| e.to_string())
+    crate::checked_line::parse(line)
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> MetaError + '_ {
