@@ -161,3 +161,87 @@ impl ShardCore {
         })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use crate::backoff::RetryPolicy;
+    use crate::clock::now_ms;
+    use crate::meta::{Endpoint, EndpointSecrets, MetaOp, Verification};
+    use crate::node::{EngineConfig, Node};
+    use crate::shard::{IngestError, IngestOk, IngestRequest, ShardCore};
+
+    fn request(key: &str, received_at_ms: u64) -> IngestRequest {
+        IngestRequest {
+            endpoint_id: "ep_held".into(),
+            tenant_id: "tn_t".into(),
+            headers: vec![],
+            body: Bytes::from(format!("body-{key}")),
+            idempotency_key: key.into(),
+            received_at_ms,
+            replay_of: None,
+        }
+    }
+
+    /// Regression (found by the chaos suite's disk-full scenario): when the idempotency index
+    /// cannot take a key, ingest must refuse *before* appending — never ACK a delivery whose
+    /// duplicate could not be detected, and never leave an un-ACKed record to be delivered.
+    #[test]
+    fn a_failing_index_refuses_ingest_before_the_append() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        tokio::task::LocalSet::new().block_on(&rt, async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut config = EngineConfig::new(dir.path(), 1);
+            config.log_io = hookrelay_log::IoMode::Portable;
+            let node = Node::open(config).expect("node");
+            node.meta()
+                .apply(vec![MetaOp::PutEndpoint(Box::new(Endpoint {
+                    id: "ep_held".into(),
+                    tenant_id: "tn_t".into(),
+                    name: None,
+                    destination_url: "http://127.0.0.1:9/".into(),
+                    verification: Verification {
+                        mode: crate::verify::Mode::None,
+                        secret: "s".into(),
+                        previous_secret: None,
+                        previous_valid_until_ms: None,
+                    },
+                    secrets: EndpointSecrets {
+                        signing_secret: "whsec_dGVzdA==".into(),
+                        previous_signing_secret: None,
+                        previous_signing_valid_until_ms: None,
+                    },
+                    retry: RetryPolicy::default(),
+                    timeout_ms: 1000,
+                    max_in_flight: 1,
+                    rate_limit_per_s: None,
+                    allowed_source_ips: None,
+                    ordering: "none".into(),
+                    paused: true,
+                    created_at: "2026-01-01T00:00:00.000Z".into(),
+                }))])
+                .await
+                .expect("endpoint");
+            let core = ShardCore::open(0, node.clone()).await.expect("shard");
+            let now = now_ms();
+            let ok = core.ingest(request("a", now)).await.expect("first ingest");
+            assert!(matches!(ok, IngestOk::Accepted { .. }));
+            let (offset, seq) = (core.log.next_offset(), core.next_seq.get());
+
+            // The index can no longer create files: a key of another day needs a new bucket.
+            std::fs::remove_dir_all(dir.path().join("shards/000/idempotency")).expect("rm");
+            let refused = core.ingest(request("b", now + 2 * 86_400_000)).await;
+            assert!(
+                matches!(refused, Err(IngestError::Unavailable(_))),
+                "{refused:?}"
+            );
+            assert_eq!(core.log.next_offset(), offset, "nothing appended");
+            assert_eq!(core.next_seq.get(), seq, "sequence number given back");
+            core.log.close().await.expect("close");
+        });
+    }
+}
