@@ -71,6 +71,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     refuse_unbuilt(&config)?;
     let mut engine = engine_config(&config);
     engine.master_key = master_key_from_env()?;
+    if let Some(path) = &config.delivery.ca_file {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading delivery.ca_file {path}"))?;
+        anyhow::ensure!(
+            pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----"),
+            "delivery.ca_file {path} holds no PEM certificate"
+        );
+        engine.extra_roots_pem = Some(pem);
+    }
     let node = Node::open(engine).context("opening the data dir")?;
     bootstrap_root_key(&node)?;
     let listen: SocketAddr = config.server.listen;

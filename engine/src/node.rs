@@ -41,6 +41,8 @@ pub struct EngineConfig {
     pub shutdown_timeout: Duration,
     /// Seals tenants' data keys; `None` = `<data_dir>/meta/master.key`, created on first start.
     pub master_key: Option<crate::seal::SecretKey>,
+    /// Extra trusted CA certificates (PEM) for HTTPS receivers.
+    pub extra_roots_pem: Option<Vec<u8>>,
 }
 
 impl EngineConfig {
@@ -66,6 +68,7 @@ impl EngineConfig {
             deliveries_retention: Duration::from_secs(30 * 24 * 3600),
             shutdown_timeout: Duration::from_secs(25),
             master_key: None,
+            extra_roots_pem: None,
         }
     }
 }

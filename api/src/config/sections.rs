@@ -54,6 +54,9 @@ section! {
         connect_timeout_ms: u64 = d::CONNECT_TIMEOUT_MS,
         /// Idle keep-alive connections kept per destination host and shard.
         pool_idle_per_host: u64 = d::POOL_IDLE_PER_HOST,
+        /// A PEM file of extra CA certificates trusted for HTTPS receivers (receivers behind a
+        /// private CA), besides the public webpki roots. Read at start-up.
+        ca_file: Option<String> = None,
         /// Most attempts in flight at once on one shard, across all endpoints.
         max_in_flight_per_shard: u64 = d::MAX_IN_FLIGHT_PER_SHARD,
         /// Most due deliveries of one endpoint held in memory; the rest wait in the log.

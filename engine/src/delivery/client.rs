@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::{BodyExt as _, Full};
-use hyper_rustls::{ConfigBuilderExt as _, HttpsConnector};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -68,6 +68,9 @@ pub struct ClientOptions {
     /// At most this much of the receiver's body is read (and then discarded); a longer body is
     /// cut and its connection not reused.
     pub response_body_bytes_max: usize,
+    /// Extra trusted CA certificates (PEM), besides the webpki roots: receivers behind a
+    /// private CA (`delivery.ca_file`).
+    pub extra_roots_pem: Option<Vec<u8>>,
 }
 
 impl Default for ClientOptions {
@@ -78,8 +81,31 @@ impl Default for ClientOptions {
             pool_idle_timeout: Duration::from_secs(90),
             connect_timeout: Duration::from_secs(5),
             response_body_bytes_max: 64 * 1024,
+            extra_roots_pem: None,
         }
     }
+}
+
+/// The webpki roots plus any extra PEM certificates. Certificates that do not parse are logged
+/// and skipped (the config layer checks the file at start-up).
+fn root_store(extra_pem: Option<&[u8]>) -> rustls::RootCertStore {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut store = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(pem) = extra_pem {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            match cert
+                .map_err(|e| e.to_string())
+                .and_then(|c| store.add(c).map_err(|e| e.to_string()))
+            {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "skipping an extra CA certificate"),
+            }
+        }
+    }
+    store
 }
 
 /// One attempt to send: the destination, the final headers (built by the caller: original
@@ -221,7 +247,7 @@ impl DeliveryClient {
         ))
         .with_safe_default_protocol_versions()
         .expect("ring supports rustls' default protocol versions")
-        .with_webpki_roots()
+        .with_root_certificates(root_store(opts.extra_roots_pem.as_deref()))
         .with_no_client_auth();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)

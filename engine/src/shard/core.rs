@@ -142,6 +142,7 @@ impl ShardCore {
                 allow_private_destinations: cfg.allow_private_destinations,
                 pool_idle_per_host: cfg.pool_idle_per_host,
                 connect_timeout: cfg.connect_timeout,
+                extra_roots_pem: cfg.extra_roots_pem.clone(),
                 ..ClientOptions::default()
             }),
             dlq: Arc::new(LocalDlq::new(cfg.data_dir.join("dlq"))),

@@ -478,3 +478,69 @@ fn error_descriptions_are_bounded() {
     let e = std::io::Error::other("x".repeat(10_000));
     assert!(describe(&e).len() <= ERROR_MESSAGE_BYTES_MAX);
 }
+
+/// An HTTPS receiver behind a private CA: a certificate for `localhost` signed by a fresh CA,
+/// served with tokio-rustls; answers 200 to every request. Returns the CA's PEM and the port.
+async fn https_receiver() -> (String, u16) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("cert");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"secure"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (ca.pem(), port)
+}
+
+#[tokio::test]
+async fn https_receivers_are_verified_with_rustls() {
+    let (ca_pem, port) = https_receiver().await;
+    let url: Uri = format!("https://localhost:{port}/hook")
+        .parse()
+        .expect("url");
+    let trusting = DeliveryClient::new(ClientOptions {
+        allow_private_destinations: true,
+        extra_roots_pem: Some(ca_pem.into_bytes()),
+        ..ClientOptions::default()
+    });
+    let res = trusting.send(attempt(url.clone())).await;
+    assert_eq!(res.status, Some(200), "{res:?}");
+    assert_eq!(res.outcome(), Outcome::Success);
+    // Without the private CA the certificate is refused: a TLS error, never a delivery.
+    let res = client(true).send(attempt(url)).await;
+    assert!(matches!(res.error, Some(AttemptError::Tls(_))), "{res:?}");
+    assert_eq!(res.status, None);
+}
