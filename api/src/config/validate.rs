@@ -115,6 +115,14 @@ pub(super) fn check(c: &Config) -> Vec<(String, String)> {
 
     v.range("retention.deliveries_days", c.retention.deliveries_days);
     v.range("retention.idempotency_days", c.retention.idempotency_days);
+    if c.retention.deliveries_days < c.retention.idempotency_days {
+        // A duplicate is confirmed against the first delivery's log record: once retention has
+        // deleted it, the key would be accepted again inside its idempotency window.
+        v.fail(
+            "retention.deliveries_days",
+            "must be at least retention.idempotency_days (duplicates are checked against kept deliveries)",
+        );
+    }
 
     let q = &c.dlq;
     if q.backend == DlqBackend::S3 && q.bucket.as_deref().is_none_or(|b| b.trim().is_empty()) {
@@ -354,6 +362,18 @@ mod tests {
             failing_keys(|c| c.replay.max_per_s = 0),
             ["replay.max_per_s"]
         );
+    }
+
+    #[test]
+    fn deliveries_are_kept_at_least_as_long_as_idempotency_keys() {
+        assert_eq!(
+            failing_keys(|c| {
+                c.retention.deliveries_days = 3;
+                c.retention.idempotency_days = 7;
+            }),
+            ["retention.deliveries_days"]
+        );
+        assert!(failing_keys(|c| c.retention.deliveries_days = 7).is_empty());
     }
 
     #[test]
