@@ -33,7 +33,6 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -317,7 +316,7 @@ impl Table {
             .open(&tmp)
             .map_err(io_err("create table", &tmp))?;
         let len = TABLE_HEADER_BYTES as u64 + capacity * SLOT_BYTES as u64;
-        reserve(&file, len).map_err(io_err("reserve table", &tmp))?;
+        crate::prealloc::reserve(&file, len).map_err(io_err("reserve table", &tmp))?;
         let header = Self::encode_header(capacity, start_ms, width_ms, generation);
         file.write_all_at(&header, 0)
             .map_err(io_err("write table header", &tmp))?;
@@ -845,20 +844,6 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
             op: "fsync directory",
             source,
         })
-}
-
-/// Makes the file `len` bytes long with its blocks allocated, so that writing through the mapping
-/// cannot hit a full disk (`SIGBUS`); a full disk is an error here instead.
-fn reserve(file: &File, len: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(len).map_err(io::Error::other)?;
-    // SAFETY: plain syscall on an open descriptor we own.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
-    match rc {
-        0 => Ok(()),
-        // Filesystems without fallocate: fall back to a sparse file, the best we can do.
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len as u64),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod meta;
 pub mod metrics;
 pub mod node;
+mod prealloc;
 pub mod record;
 pub mod seal;
 pub mod shard;

@@ -29,7 +29,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -312,7 +311,7 @@ impl StateTable {
                 source,
             }
         };
-        reserve(
+        crate::prealloc::reserve(
             &self.file,
             HEADER_BYTES as u64 + capacity * SLOT_BYTES as u64,
         )
@@ -356,7 +355,7 @@ fn create(path: &Path, chunk_slots: u64) -> Result<(), Error> {
         .truncate(true)
         .open(&tmp)
         .map_err(io_err("create", &tmp))?;
-    reserve(&file, HEADER_BYTES as u64 + chunk_slots * SLOT_BYTES as u64)
+    crate::prealloc::reserve(&file, HEADER_BYTES as u64 + chunk_slots * SLOT_BYTES as u64)
         .map_err(io_err("reserve", &tmp))?;
     file.write_all_at(&encode_header(), 0)
         .map_err(io_err("write header", &tmp))?;
@@ -399,25 +398,6 @@ fn check_header(header: &[u8]) -> Result<(), String> {
         return Err(format!("slot size {slot_bytes}, expected {SLOT_BYTES}"));
     }
     Ok(())
-}
-
-/// Makes the file `len` bytes long with its blocks allocated, so that writing through the mapping
-/// cannot hit a full disk (`SIGBUS`). Never shrinks the file.
-fn reserve(file: &File, len: u64) -> io::Result<()> {
-    let current = file.metadata()?.len();
-    if len <= current {
-        return Ok(());
-    }
-    let offset = libc::off_t::try_from(current).map_err(io::Error::other)?;
-    let extra = libc::off_t::try_from(len - current).map_err(io::Error::other)?;
-    // SAFETY: plain syscall on an open descriptor we own.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), offset, extra) };
-    match rc {
-        0 => Ok(()),
-        // Filesystems without fallocate: fall back to a sparse file, the best we can do.
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
 }
 
 #[cfg(test)]
