@@ -200,8 +200,8 @@ async fn from_delivery(app: &Rc<App>, tenant_id: &str, id: &str) -> Result<Origi
     }
     // Gone from the log: look for its DLQ object, dead-lettered at or after its creation.
     let created_ms = parse_delivery_id(id).map_or(0, |l| l.created_ms);
-    let from = ms_to_time(created_ms);
-    let to = ms_to_time(now_ms());
+    let from = hookrelay_engine::clock::datetime_ms(created_ms);
+    let to = hookrelay_engine::clock::datetime_ms(now_ms());
     let (store, tenant, wanted) = (dlq_store(app), tenant_id.to_string(), format!("/{id}.json"));
     let found = tokio::task::spawn_blocking(move || {
         let keys = store.list_range(&tenant, None, from, to)?;
@@ -218,9 +218,4 @@ async fn from_delivery(app: &Rc<App>, tenant_id: &str, id: &str) -> Result<Origi
 
 pub fn dlq_store(app: &App) -> LocalDlq {
     LocalDlq::new(app.config.server.data_dir.join("dlq"))
-}
-
-pub fn ms_to_time(ms: u64) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }

@@ -30,9 +30,13 @@ pub fn wall_to_mono(due_wall_ms: u64) -> u64 {
 /// `ms` since the epoch as RFC 3339 UTC with millisecond precision, e.g.
 /// `2026-11-28T10:00:00.123Z` (the DLQ object's format, [`crate::dlq::object::rfc3339`]).
 pub fn rfc3339_ms(ms: u64) -> String {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    crate::dlq::object::rfc3339(t)
+    crate::dlq::object::rfc3339(datetime_ms(ms))
+}
+
+/// `ms` since the epoch as a UTC date-time (the epoch if out of range).
+pub fn datetime_ms(ms: u64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 #[cfg(test)]

@@ -37,13 +37,16 @@ pub const REQUEST_HEADERS_MAX: usize = 512;
 /// Longest error description kept (bytes), so `last_error` stays small.
 const ERROR_MESSAGE_BYTES_MAX: usize = 512;
 
-/// Request headers the client always drops from the caller's list: hop-by-hop and framing headers
-/// (hyper frames the body itself; a stale `Content-Length` or `Transfer-Encoding` from the sender
-/// would desynchronise the connection), `Host` (set from the destination URL) and `Expect`.
-const DROPPED_REQUEST_HEADERS: [HeaderName; 10] = [
+/// Request headers the client always drops from the caller's list: hop-by-hop ones (RFC 9110
+/// §7.6.1) and framing headers (hyper frames the body itself; a stale `Content-Length` or
+/// `Transfer-Encoding` from the sender would desynchronise the connection), `Host` (set from the
+/// destination URL) and `Expect`. The one list of them: [`is_dropped_header`] exposes it.
+const DROPPED_REQUEST_HEADERS: [HeaderName; 12] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
     header::TRANSFER_ENCODING,
     header::TE,
     header::TRAILER,
@@ -52,6 +55,13 @@ const DROPPED_REQUEST_HEADERS: [HeaderName; 10] = [
     header::HOST,
     header::EXPECT,
 ];
+
+/// True for a header name (lower case) this client never sends from its caller's list.
+pub fn is_dropped_header(lowercase_name: &str) -> bool {
+    DROPPED_REQUEST_HEADERS
+        .iter()
+        .any(|h| h.as_str() == lowercase_name)
+}
 
 /// How a shard's delivery client behaves. Every field is a bound or a policy from config.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::clock::now_ms;
 use crate::delivery::classify::{Outcome, classify, error_class};
-use crate::delivery::client::AttemptRequest;
+use crate::delivery::client::{AttemptRequest, is_dropped_header};
 use crate::meta::Endpoint;
 use crate::record::{Attempted, Ingested, Status, TYPE_ATTEMPTED};
 use crate::shard::core::ShardCore;
@@ -14,21 +14,10 @@ use crate::shard::query::ReadError;
 use crate::shard::scheduler::{Done, Entry};
 use crate::signing;
 
-/// Headers never forwarded: hop-by-hop ones (RFC 9110 §7.6.1), those the client sets itself,
-/// and the sender's own Standard Webhooks headers, which HookRelay replaces with its own.
-const DROPPED_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "expect",
+/// The sender's headers HookRelay replaces with its own (the sender's Standard Webhooks headers
+/// and any `X-HookRelay-*` it made up). Hop-by-hop and framing headers are the client's to drop
+/// ([`is_dropped_header`]).
+const REPLACED_HEADERS: &[&str] = &[
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
@@ -211,7 +200,8 @@ impl ShardCore {
     }
 }
 
-/// The headers sent to the receiver: the sender's (minus [`DROPPED_HEADERS`]) plus HookRelay's
+/// The headers sent to the receiver: the sender's (minus hop-by-hop ones, those named in its
+/// `Connection` header, and [`REPLACED_HEADERS`]) plus HookRelay's
 /// Standard Webhooks signature and `X-HookRelay-*` headers.
 fn forward_headers(
     record: &Ingested,
@@ -236,7 +226,9 @@ fn forward_headers(
         .headers
         .iter()
         .filter(|(name, _)| {
-            !DROPPED_HEADERS.contains(&name.as_str()) && !connection_named.contains(name)
+            !is_dropped_header(name)
+                && !REPLACED_HEADERS.contains(&name.as_str())
+                && !connection_named.contains(name)
         })
         .map(|(name, value)| (name.clone(), value.to_vec()))
         .collect();

@@ -72,9 +72,7 @@ impl ShardCore {
         };
         let history = self.history(slot.last_offset, slot.ingest_offset);
         let final_at_ms = history.attempts.last().map_or(now_ms(), |a| a.at_ms);
-        let final_at =
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(final_at_ms) * 1_000_000)
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let final_at = crate::clock::datetime_ms(final_at_ms);
         let key = object_key(&rec.tenant_id, &rec.endpoint_id, final_at, &rec.delivery_id);
         let object = DlqObject {
             delivery_id: rec.delivery_id.clone(),
