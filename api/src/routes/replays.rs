@@ -147,11 +147,9 @@ pub async fn get(
     let (mut succeeded, mut failed) = (0u64, 0u64);
     let created: Vec<&String> = job.created.iter().flatten().collect();
     for delivery_id in &created {
-        match app.shard.delivery(delivery_id).await.map(|d| d.status) {
-            Some(s) if s == Status::Success.as_str() => succeeded += 1,
-            Some(s) if s == Status::Failed.as_str() || s == Status::Exhausted.as_str() => {
-                failed += 1
-            }
+        match app.shard.delivery_status(delivery_id).await.map(|(_, s)| s) {
+            Some(Status::Success) => succeeded += 1,
+            Some(Status::Failed | Status::Exhausted) => failed += 1,
             _ => {}
         }
     }

@@ -74,6 +74,11 @@ pub enum ShardMsg {
         delivery_id: String,
         reply: oneshot::Sender<Option<DeliveryDetail>>,
     },
+    Status {
+        seq: u64,
+        delivery_id: String,
+        reply: oneshot::Sender<Option<(String, Status)>>,
+    },
     List {
         query: ListQuery,
         from: Option<u64>,
@@ -198,6 +203,29 @@ impl ShardCtx {
         self.node
             .inbox(loc.shard)
             .send(ShardMsg::Delivery {
+                seq: loc.seq,
+                delivery_id: delivery_id.to_string(),
+                reply: tx,
+            })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// A delivery's tenant and status only — the state-table slot, checked against the ingest
+    /// record's id — without reading its payload or history (replay progress asks for many).
+    pub async fn delivery_status(&self, delivery_id: &str) -> Option<(String, Status)> {
+        let loc = parse_delivery_id(delivery_id)?;
+        if loc.shard >= self.node.shards() {
+            return None;
+        }
+        if loc.shard == self.id {
+            return self.local()?.status(loc.seq, delivery_id);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.node
+            .inbox(loc.shard)
+            .send(ShardMsg::Status {
                 seq: loc.seq,
                 delivery_id: delivery_id.to_string(),
                 reply: tx,
@@ -370,6 +398,13 @@ async fn serve_inbox(ctx: Rc<ShardCtx>, mut inbox: mpsc::Receiver<ShardMsg>) {
                 reply,
             } => {
                 let _ = reply.send(core.delivery(seq, &delivery_id));
+            }
+            ShardMsg::Status {
+                seq,
+                delivery_id,
+                reply,
+            } => {
+                let _ = reply.send(core.status(seq, &delivery_id));
             }
             ShardMsg::List { query, from, reply } => {
                 let _ = reply.send(core.list(&query, from));

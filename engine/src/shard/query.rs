@@ -187,6 +187,15 @@ impl ShardCore {
         }
     }
 
+    /// The tenant and status of delivery `seq`, checked against `delivery_id`; `None` when
+    /// unknown or purged. Reads the ingest record's header fields only, never the payload.
+    pub fn status(&self, seq: u64, delivery_id: &str) -> Option<(String, Status)> {
+        let slot = self.table.borrow().get(seq)?;
+        let rec = self.read_ingested(slot.ingest_offset, false).ok()?;
+        (rec.delivery_id == delivery_id && !self.is_purged(&rec))
+            .then_some((rec.tenant_id, slot.status))
+    }
+
     /// `GET /v1/deliveries/{id}`.
     pub fn delivery(&self, seq: u64, delivery_id: &str) -> Option<DeliveryDetail> {
         let (rec, history, status) = self.load_delivery(seq, delivery_id)?;
