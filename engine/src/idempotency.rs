@@ -300,29 +300,14 @@ impl Table {
             "{}{TMP_SUFFIX}",
             Self::file_name(start_ms, generation)
         ));
-        let io_err = |op, p: &Path| {
-            let p = p.to_path_buf();
-            move |source| Error::Io {
-                path: p,
-                op,
-                source,
-            }
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io_err("create table", &tmp))?;
         let len = TABLE_HEADER_BYTES as u64 + capacity * SLOT_BYTES as u64;
-        crate::prealloc::reserve(&file, len).map_err(io_err("reserve table", &tmp))?;
         let header = Self::encode_header(capacity, start_ms, width_ms, generation);
-        file.write_all_at(&header, 0)
-            .map_err(io_err("write table header", &tmp))?;
-        file.sync_all().map_err(io_err("fsync table", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("rename table", &path))?;
-        sync_dir(dir)?;
+        let file =
+            crate::prealloc::create_durable(&tmp, &path, len, &header).map_err(|e| Error::Io {
+                path: e.path,
+                op: e.op,
+                source: e.source,
+            })?;
         Self::map(path, file, capacity, 0)
     }
 

@@ -2,9 +2,59 @@
 //! disk is an error when a file is created or grown — not a `SIGBUS` when a page of the mapping
 //! is written back later.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+
+/// What step of [`create_durable`] failed, on which path.
+#[derive(Debug)]
+pub(crate) struct CreateError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+/// Creates `path` complete and durable: written under `tmp`, preallocated to `len` bytes with
+/// `header` at offset 0, fsynced, renamed into place, and the directory fsynced. A file with a
+/// bad header is therefore always damage, never a creation cut short by a crash. Returns the
+/// open file (read + write).
+pub(crate) fn create_durable(
+    tmp: &Path,
+    path: &Path,
+    len: u64,
+    header: &[u8],
+) -> Result<File, CreateError> {
+    let fail = |op, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| CreateError {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)
+        .map_err(fail("create", tmp))?;
+    reserve(&file, len).map_err(fail("reserve", tmp))?;
+    file.write_all_at(header, 0)
+        .map_err(fail("write header", tmp))?;
+    file.sync_all().map_err(fail("fsync", tmp))?;
+    std::fs::rename(tmp, path).map_err(fail("rename", path))?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(fail("fsync directory", parent))?;
+    Ok(file)
+}
 
 /// Makes `file` at least `len` bytes, with real blocks reserved for the new part
 /// (`posix_fallocate`); a no-op when it is already that long.

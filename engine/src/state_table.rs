@@ -29,7 +29,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
@@ -340,35 +339,18 @@ fn create(path: &Path, chunk_slots: u64) -> Result<(), Error> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    let io_err = |op, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| Error::Io {
-            path: p,
-            op,
-            source,
-        }
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io_err("create", &tmp))?;
-    crate::prealloc::reserve(&file, HEADER_BYTES as u64 + chunk_slots * SLOT_BYTES as u64)
-        .map_err(io_err("reserve", &tmp))?;
-    file.write_all_at(&encode_header(), 0)
-        .map_err(io_err("write header", &tmp))?;
-    file.sync_all().map_err(io_err("fsync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err("rename", path))?;
-    // Make the new name durable too.
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(parent)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io_err("fsync directory", parent))
+    crate::prealloc::create_durable(
+        &tmp,
+        path,
+        HEADER_BYTES as u64 + chunk_slots * SLOT_BYTES as u64,
+        &encode_header(),
+    )
+    .map(drop)
+    .map_err(|e| Error::Io {
+        path: e.path,
+        op: e.op,
+        source: e.source,
+    })
 }
 
 fn encode_header() -> [u8; HEADER_BYTES] {
