@@ -102,6 +102,8 @@ impl Drop for PanicGuard {
         for (_, tx) in st.waiters.drain(..) {
             let _ = tx.send(Outcome::Poisoned);
         }
+        drop(st);
+        inner.durable_changed.notify_waiters();
     }
 }
 
@@ -212,6 +214,7 @@ async fn write_batch(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
     st.stats.batches += 1;
     st.stats.bytes_written += len;
     answer_waiters(st);
+    inner.durable_changed.notify_waiters();
     w.positions = positions;
     Ok(())
 }
@@ -241,6 +244,8 @@ pub(crate) fn poison(inner: &Inner, cause: &Error) {
     for (_, tx) in st.waiters.drain(..) {
         let _ = tx.send(Outcome::Poisoned);
     }
+    drop(st);
+    inner.durable_changed.notify_waiters();
 }
 
 /// Seals the active segment (index file, memory map) and starts a new one.

@@ -58,6 +58,24 @@ pub enum Error {
     /// (retrying an fsync after a failure can silently lose data — "fsyncgate").
     #[error("the log is poisoned by an earlier write or fsync failure; reopen it")]
     Poisoned,
+    /// [`crate::Log::append_replicated`] was given an offset other than the log's next offset
+    /// (a replica must write the primary's frames at the same offsets, without gaps).
+    #[error("replicated frame has offset {got}, the log expects {expected}")]
+    OffsetMismatch {
+        /// The offset the next frame must carry ([`crate::Log::next_offset`]).
+        expected: u64,
+        /// The offset the caller supplied.
+        got: u64,
+    },
+    /// [`crate::Log::append_replicated`] was given a frame of an older epoch than the log's
+    /// current one (frames' epochs never decrease in offset order).
+    #[error("replicated frame has epoch {epoch}, older than the log's epoch {current}")]
+    StaleEpoch {
+        /// The epoch the caller supplied.
+        epoch: u32,
+        /// The log's current epoch ([`crate::Log::epoch`]).
+        current: u32,
+    },
     /// The log was closed with [`crate::Log::close`].
     #[error("the log is closed")]
     Closed,

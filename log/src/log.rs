@@ -103,6 +103,9 @@ pub(crate) struct Inner {
     pub state: RefCell<State>,
     pub writer: Mutex<Writer>,
     pub notify: Rc<Notify>,
+    /// Woken (`notify_waiters`) whenever `durable_offset` grows and when the log is poisoned or
+    /// closed; [`Log::wait_durable_beyond`] sleeps on it.
+    pub durable_changed: Notify,
 }
 
 impl Drop for Inner {
@@ -198,6 +201,7 @@ impl Log {
             state: RefCell::new(state),
             writer: Mutex::new(writer),
             notify: Rc::clone(&notify),
+            durable_changed: Notify::new(),
         });
         let log = Log { inner };
         if rec.last_epoch.is_none() && next_offset > log.first_offset() {
@@ -234,6 +238,34 @@ impl Log {
     /// Queues a record for the next batch and returns its offset at once; it is durable once
     /// [`Log::wait_durable`] for it (or a later offset) resolves.
     pub fn append_nowait(&self, record_type: u8, payload: Bytes) -> Result<u64, Error> {
+        self.enqueue(None, record_type, payload)
+    }
+
+    /// Replication: queues a frame copied from the primary, at the primary's `offset` and
+    /// `epoch`, and returns `offset` at once (durable once [`Log::wait_durable`] for it
+    /// resolves). The frame written is byte-identical to the primary's (same header, same CRC).
+    ///
+    /// Fails with [`Error::OffsetMismatch`] unless `offset == next_offset()`, with
+    /// [`Error::StaleEpoch`] when `epoch < epoch()`, and like [`Log::append_nowait`] otherwise
+    /// (`FrameTooLarge`, `Poisoned`, `Closed`, `Backlogged`); a refused frame changes nothing.
+    /// On success the log's epoch becomes `epoch` (epochs never decrease in offset order).
+    pub fn append_replicated(
+        &self,
+        offset: u64,
+        epoch: u32,
+        record_type: u8,
+        payload: Bytes,
+    ) -> Result<u64, Error> {
+        self.enqueue(Some((offset, epoch)), record_type, payload)
+    }
+
+    /// Encodes and queues one frame; `replicated` carries the caller's (offset, epoch).
+    fn enqueue(
+        &self,
+        replicated: Option<(u64, u32)>,
+        record_type: u8,
+        payload: Bytes,
+    ) -> Result<u64, Error> {
         let opts = &self.inner.opts;
         let len = FRAME_HEADER_BYTES + payload.len();
         if len > opts.frame_bytes_max as usize {
@@ -249,11 +281,28 @@ impl Log {
         if st.closing {
             return Err(Error::Closed);
         }
+        if let Some((offset, epoch)) = replicated {
+            if offset != st.next_offset {
+                return Err(Error::OffsetMismatch {
+                    expected: st.next_offset,
+                    got: offset,
+                });
+            }
+            if epoch < st.epoch {
+                return Err(Error::StaleEpoch {
+                    epoch,
+                    current: st.epoch,
+                });
+            }
+        }
         if st.pending_bytes + len > opts.pending_bytes_max {
             return Err(Error::Backlogged {
                 pending_bytes: st.pending_bytes,
                 max: opts.pending_bytes_max,
             });
+        }
+        if let Some((_, epoch)) = replicated {
+            st.epoch = epoch;
         }
         let age_ms = u64::try_from(opts.segment_age_max.as_millis()).unwrap_or(u64::MAX);
         if now_unix_ms().saturating_sub(st.active_created_unix_ms) >= age_ms {
@@ -308,6 +357,34 @@ impl Log {
         }
     }
 
+    /// Resolves once `durable_offset() > offset`, i.e. once record `offset` is durable and
+    /// readable — also for an offset not assigned yet (unlike [`Log::wait_durable`]), so a
+    /// streaming sender can sleep until the next record is durable. Does not poll: the committer
+    /// wakes it after each batch. Fails with [`Error::Poisoned`] or [`Error::Closed`] if the log
+    /// is poisoned or closed (or closing with `offset` never assigned) before that.
+    pub async fn wait_durable_beyond(&self, offset: u64) -> Result<(), Error> {
+        loop {
+            // Register before checking, so a batch finishing in between is not missed.
+            let notified = self.inner.durable_changed.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.inner.state.borrow();
+                if st.durable_offset > offset {
+                    return Ok(());
+                }
+                if st.poisoned {
+                    return Err(Error::Poisoned);
+                }
+                // Once closing, no offset is assigned any more: an unassigned one never comes.
+                if st.closed || st.closing && offset >= st.next_offset {
+                    return Err(Error::Closed);
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Offset the next append will get.
     pub fn next_offset(&self) -> u64 {
         self.inner.state.borrow().next_offset
@@ -342,6 +419,61 @@ impl Log {
     /// The epoch new frames are written in (after open: the epoch of the newest record).
     pub fn epoch(&self) -> u32 {
         self.inner.state.borrow().epoch
+    }
+
+    /// Replication: the first retained durable offset whose frame's epoch is greater than
+    /// `epoch`, or `durable_offset()` when there is none (`first_offset()` when every retained
+    /// frame is newer). Binary search with [`Log::read`] over `[first_offset, durable_offset)`
+    /// (epochs never decrease in offset order): O(log n) reads.
+    ///
+    /// A record that cannot be read (`Error::Corrupt`, I/O error) counts as newer than `epoch`
+    /// (and is logged): the answer can then only be lower than the true one, so a replica
+    /// truncating to it may drop and re-fetch more than needed but never keeps a divergent
+    /// record. Use [`Log::try_first_offset_above_epoch`] to see the error instead.
+    pub fn first_offset_above_epoch(&self, epoch: u32) -> u64 {
+        self.search_epoch_end(epoch, |offset, e| {
+            tracing::error!(
+                dir = %self.inner.opts.dir.display(),
+                offset,
+                error = %e,
+                "unreadable record while searching for an epoch's end; treating it as newer"
+            );
+            Ok(true)
+        })
+        // The handler above never fails; the first retained offset would be the safe answer.
+        .unwrap_or_else(|_| self.first_offset())
+    }
+
+    /// [`Log::first_offset_above_epoch`], failing with the read error when a record probed by
+    /// the search cannot be read.
+    pub fn try_first_offset_above_epoch(&self, epoch: u32) -> Result<u64, Error> {
+        self.search_epoch_end(epoch, |_, e| Err(e))
+    }
+
+    /// The binary search behind `first_offset_above_epoch`; `on_error` decides what an
+    /// unreadable record means (`Ok(true)`: newer than `epoch`).
+    fn search_epoch_end(
+        &self,
+        epoch: u32,
+        mut on_error: impl FnMut(u64, Error) -> Result<bool, Error>,
+    ) -> Result<u64, Error> {
+        let st = self.inner.state.borrow();
+        let (mut lo, mut hi) = (self.first_offset_in(&st), st.durable_offset);
+        // Invariant: records in [first, lo) have epoch <= `epoch`, records in [hi, durable)
+        // have epoch > `epoch` (or were unreadable).
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let newer = match read_at(&st, self.inner.opts.frame_bytes_max, mid, None) {
+                Ok((r, _, _)) => r.epoch > epoch,
+                Err(e) => on_error(mid, e)?,
+            };
+            if newer {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
     }
 
     /// Reads one durable record. Seeks with the segment's sparse index and walks at most about
@@ -462,6 +594,7 @@ impl Log {
                 let _ = tx.send(Outcome::Closed);
             }
         }
+        self.inner.durable_changed.notify_waiters();
         self.inner.notify.notify_one();
         flushed
     }

@@ -139,7 +139,7 @@ pub(crate) fn recover(p: &Params) -> Result<Recovered, Error> {
     })
 }
 
-fn sync_dir(dir: &Path) -> Result<(), Error> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))
@@ -350,7 +350,7 @@ fn open_sealed(p: &Params, base: u64) -> Result<(Sealed, Option<u32>, bool), Err
 
 /// Position of the first valid frame that starts after `bad_pos` and could belong to this log
 /// (offset at least `expect`, plausibly close), if any.
-fn valid_frame_after(
+pub(crate) fn valid_frame_after(
     data: &[u8],
     bad_pos: usize,
     expect: u64,
