@@ -70,8 +70,9 @@ impl Parser for Cli {}
 pub enum Command {
     /// Run the service: ingest, delivery, the management API and the console.
     Serve(ConfigArgs),
-    /// Turn this replica into the primary, with a higher epoch.
-    Promote(ConfigArgs),
+    /// Turn the running replica into the primary, with a higher epoch
+    /// (`POST /v1/admin/promote` on its HTTP API).
+    Promote(PromoteArgs),
     /// Load and validate the configuration, print the effective configuration as TOML
     /// (secrets redacted), and exit 0 if it is valid, 2 if not.
     CheckConfig(ConfigArgs),
@@ -93,6 +94,24 @@ pub struct ConfigArgs {
     /// Number of shards, 0 = one per core (server.shards) [default: 0].
     #[arg(long, value_name = "N", env = "HOOKRELAY_SERVER_SHARDS")]
     pub shards: Option<usize>,
+}
+
+/// `hookrelay promote`: which node, and the operator key.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Base URL of the node to promote [default: http://<server.listen>].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// The operator key (`hr_root_...`).
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "HOOKRELAY_ROOT_KEY",
+        hide_env_values = true
+    )]
+    pub root_key: Option<String>,
 }
 
 impl ConfigArgs {
@@ -118,7 +137,8 @@ impl Command {
     /// The configuration arguments, which every subcommand has.
     pub fn config_args(&self) -> &ConfigArgs {
         match self {
-            Command::Serve(a) | Command::Promote(a) | Command::CheckConfig(a) => a,
+            Command::Serve(a) | Command::CheckConfig(a) => a,
+            Command::Promote(p) => &p.config,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod listener;
 pub mod problem;
+pub mod promote;
 pub mod query;
 pub mod replay;
 pub mod routes;

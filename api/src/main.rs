@@ -25,12 +25,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Promote(_) => {
-            eprintln!(
-                "hookrelay: replication is not available in this build; there is no replica to promote"
-            );
-            ExitCode::from(2)
-        }
+        Command::Promote(args) => hookrelay_api::promote::run(&config, &args),
         _ => {
             init_tracing(&config);
             match hookrelay_api::serve::serve(config) {

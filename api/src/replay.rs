@@ -15,7 +15,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use hookrelay_engine::clock::now_ms;
-use hookrelay_engine::dlq::local::LocalDlq;
+use hookrelay_engine::dlq::Store;
 use hookrelay_engine::dlq::object::DlqObject;
 use hookrelay_engine::ids::parse_delivery_id;
 use hookrelay_engine::meta::{MetaOp, ReplayJob};
@@ -176,13 +176,19 @@ fn from_object(obj: DlqObject) -> Result<Original, ItemError> {
 }
 
 async fn from_dlq_key(app: &Rc<App>, key: &str) -> Result<Original, ItemError> {
-    let store = dlq_store(app);
-    let key = key.to_string();
-    let found = tokio::task::spawn_blocking(move || store.get(&key))
-        .await
-        .map_err(|_| ItemError::Retry)?
-        .map_err(|e| ItemError::Skip(format!("dlq_unreadable: {e}")))?;
+    let found = dlq_store(app).get(key).await.map_err(dlq_error)?;
     from_object(found.ok_or_else(|| ItemError::Skip("not_found".into()))?)
+}
+
+/// A DLQ store error of an item: an outage (S3 unreachable, disk trouble) retries the item, so
+/// a replay waits the outage out; anything else (a corrupt object) skips it.
+fn dlq_error(e: hookrelay_engine::dlq::Error) -> ItemError {
+    if e.is_transient() {
+        tracing::warn!(error = %e, "replay: DLQ store unavailable; retrying the item");
+        ItemError::Retry
+    } else {
+        ItemError::Skip(format!("dlq_unreadable: {e}"))
+    }
 }
 
 /// The original of a delivery id: from the log while it is retained, else from the DLQ.
@@ -202,20 +208,14 @@ async fn from_delivery(app: &Rc<App>, tenant_id: &str, id: &str) -> Result<Origi
     let created_ms = parse_delivery_id(id).map_or(0, |l| l.created_ms);
     let from = hookrelay_engine::clock::datetime_ms(created_ms);
     let to = hookrelay_engine::clock::datetime_ms(now_ms());
-    let (store, tenant, wanted) = (dlq_store(app), tenant_id.to_string(), format!("/{id}.json"));
-    let found = tokio::task::spawn_blocking(move || {
-        let keys = store.list_range(&tenant, None, from, to)?;
-        match keys.into_iter().find(|k| k.ends_with(&wanted)) {
-            Some(k) => store.get(&k),
-            None => Ok(None),
-        }
-    })
-    .await
-    .map_err(|_| ItemError::Retry)?
-    .map_err(|e| ItemError::Skip(format!("dlq_unreadable: {e}")))?;
+    let found = dlq_store(app)
+        .find_delivery(tenant_id, id, from, to)
+        .await
+        .map_err(dlq_error)?;
     from_object(found.ok_or_else(|| ItemError::Skip("not_found".into()))?)
 }
 
-pub fn dlq_store(app: &App) -> LocalDlq {
-    LocalDlq::new(app.config.server.data_dir.join("dlq"))
+/// The node's DLQ store (`dlq.backend`, local or S3), the one its shards ship to.
+pub fn dlq_store(app: &App) -> Store {
+    app.shard.node.dlq().clone()
 }

@@ -63,13 +63,47 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     e.deliveries_retention =
         Duration::from_secs(config.retention.deliveries_days.saturating_mul(86_400));
     e.shutdown_timeout = Duration::from_millis(config.server.shutdown_timeout_ms);
+    e.replication = replication_config(config);
     e
+}
+
+/// The engine's view of `[replication]`.
+fn replication_config(config: &Config) -> hookrelay_engine::replication::ReplicationConfig {
+    use crate::config::{Ack, Role as ReplRole};
+    use hookrelay_engine::replication::{AckMode, ReplicationConfig, Role, tls::TlsSettings};
+    let r = &config.replication;
+    ReplicationConfig {
+        role: match r.role {
+            ReplRole::Primary => Role::Primary,
+            ReplRole::Replica => Role::Replica,
+        },
+        peer: r.peer.clone(),
+        listen: r.listen,
+        ack: match r.ack {
+            Ack::Local => AckMode::Local,
+            Ack::Peer => AckMode::Peer,
+        },
+        degrade_after: r.degrade_after_ms.map(Duration::from_millis),
+        peer_timeout: Duration::from_millis(r.peer_timeout_ms),
+        secret: r.secret.clone(),
+        tls: match (&r.tls_cert_file, &r.tls_key_file, &r.tls_ca_file) {
+            (Some(cert), Some(key), Some(ca)) => Some(TlsSettings {
+                cert_file: cert.into(),
+                key_file: key.into(),
+                ca_file: ca.into(),
+                server_name: r.tls_server_name.clone(),
+            }),
+            _ => None,
+        },
+    }
 }
 
 /// Runs the service until a signal stops it.
 pub fn serve(config: Config) -> anyhow::Result<()> {
-    refuse_unbuilt(&config)?;
     let mut engine = engine_config(&config);
+    // Kept until the process ends: the S3 client's runtime, when dlq.backend = "s3".
+    let (dlq, _dlq_runtime) = start_dlq(&config, &engine.data_dir)?;
+    engine.dlq = Some(dlq);
     engine.master_key = master_key_from_env()?;
     if let Some(path) = &config.delivery.ca_file {
         let pem =
@@ -82,6 +116,19 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     let node = Node::open(engine).context("opening the data dir")?;
     bootstrap_root_key(&node)?;
+    let _replication_listener = hookrelay_engine::replication::receiver::spawn_listener(
+        node.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "binding replication.listen {}",
+            config
+                .replication
+                .listen
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        )
+    })?;
     let listen: SocketAddr = config.server.listen;
     let public_url = config.public_url();
     let config = Arc::new(config);
@@ -141,18 +188,48 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Configuration this build cannot honour is refused at start-up rather than ignored.
-fn refuse_unbuilt(config: &Config) -> anyhow::Result<()> {
-    if config.dlq.backend == crate::config::DlqBackend::S3 {
-        anyhow::bail!("dlq.backend = \"s3\" is not available in this build yet; use \"local\"");
-    }
-    if config.replication.role == crate::config::Role::Replica || config.replication.peer.is_some()
-    {
-        anyhow::bail!(
-            "replication is not available in this build yet; unset replication.role/peer"
-        );
-    }
-    Ok(())
+/// Builds the DLQ store of `[dlq]`, which the node hands to every shard and to the API. For
+/// `s3`, also starts the S3 client's runtime, returned to be kept for the life of the process.
+fn start_dlq(
+    config: &Config,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(
+    hookrelay_engine::dlq::store::Store,
+    Option<hookrelay_engine::dlq::s3::S3Runtime>,
+)> {
+    use hookrelay_engine::dlq::local::LocalDlq;
+    use hookrelay_engine::dlq::s3::{S3Dlq, S3Options, S3Runtime};
+    use hookrelay_engine::dlq::store::{Backend, Store, StoreOptions};
+    let q = &config.dlq;
+    let options = StoreOptions {
+        max_concurrent_puts: q.max_concurrent_puts as usize,
+        retry_max_delay: Duration::from_millis(q.retry_max_delay_ms),
+    };
+    let (backend, runtime) = match q.backend {
+        crate::config::DlqBackend::Local => {
+            (Backend::Local(LocalDlq::new(data_dir.join("dlq"))), None)
+        }
+        crate::config::DlqBackend::S3 => {
+            let rt = S3Runtime::start().context("starting the DLQ's S3 runtime")?;
+            let opts = S3Options {
+                bucket: q.bucket.clone().unwrap_or_default(),
+                prefix: q.prefix.clone(),
+                region: q.region.clone(),
+                endpoint_url: q.endpoint_url.clone(),
+                force_path_style: q.force_path_style,
+                sse_kms_key_id: q.sse_kms_key_id.clone(),
+            };
+            let s3 = rt
+                .block_on(S3Dlq::connect(opts, rt.handle()))
+                .context("configuring the S3 DLQ")?;
+            tracing::info!(bucket = s3.bucket(), prefix = s3.prefix(), "DLQ on S3");
+            // Logged, never fatal: an S3 outage delays shipping, it must not stop ingest.
+            let (check, days) = (s3.clone(), q.retention_days);
+            rt.handle().spawn(async move { check.check(days).await });
+            (Backend::S3(s3), Some(rt))
+        }
+    };
+    Ok((Store::new(backend, options), runtime))
 }
 
 /// `HOOKRELAY_MASTER_KEY`: base64 of 32 bytes, the key that seals tenants' data keys. Keep it

@@ -67,6 +67,8 @@ enum Cmd {
     Recovery(scenarios::recovery::RecoveryArgs),
     /// RSS with N vs 100xN stored deliveries, and with a backlog.
     Memory(scenarios::memory::MemoryArgs),
+    /// Ingest ACK latency and max ACKs/s with a replica attached, ack = local vs peer.
+    Replication(scenarios::replication::ReplicationArgs),
     /// Every scenario; writes the table into BENCHMARKS.md.
     Suite(scenarios::suite::SuiteArgs),
 }
@@ -150,6 +152,7 @@ fn main() -> ExitCode {
         Cmd::Flaky(a) => scenarios::block_on(scenarios::flaky::run(a)),
         Cmd::Recovery(a) => scenarios::block_on(scenarios::recovery::run(a)),
         Cmd::Memory(a) => scenarios::block_on(scenarios::memory::run(a)),
+        Cmd::Replication(a) => scenarios::block_on(scenarios::replication::run(a)),
         Cmd::Suite(a) => scenarios::block_on(scenarios::suite::run(a)),
     };
     match outcome {

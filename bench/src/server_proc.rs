@@ -48,6 +48,23 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts the server and waits for `/readyz`.
     pub async fn start(opts: ServerOptions) -> anyhow::Result<Self> {
+        let mut server = Self::prepare(opts)?;
+        server.spawn()?;
+        server.wait_ready(READY_TIMEOUT).await?;
+        Ok(server)
+    }
+
+    /// Starts the server and waits for `/healthz` only: for a node that is up but answers
+    /// `/readyz` 503 by design (a replication replica).
+    pub async fn start_healthy(opts: ServerOptions) -> anyhow::Result<Self> {
+        let mut server = Self::prepare(opts)?;
+        server.spawn()?;
+        server.wait_healthy(READY_TIMEOUT).await?;
+        Ok(server)
+    }
+
+    /// The run directory and port of a server not started yet.
+    fn prepare(opts: ServerOptions) -> anyhow::Result<Self> {
         anyhow::ensure!(
             opts.bin.exists(),
             "no hookrelay binary at {} (build it with `cargo build --release -p hookrelay-api`, or pass --bin)",
@@ -61,7 +78,7 @@ impl ServerProc {
         ));
         fs::create_dir_all(&run_dir)?;
         let port = free_port()?;
-        let mut server = Self {
+        Ok(Self {
             data_dir: run_dir.join("data"),
             run_dir,
             port,
@@ -69,10 +86,7 @@ impl ServerProc {
             child: None,
             opts,
             starts: 0,
-        };
-        server.spawn()?;
-        server.wait_ready(READY_TIMEOUT).await?;
-        Ok(server)
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -139,9 +153,25 @@ impl ServerProc {
 
     /// Polls `/readyz` until 200; answers how long that took from now.
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        self.wait_status("/readyz", "ready", timeout).await
+    }
+
+    /// Polls `/healthz` until 200 (the process is up, ready or not); answers how long that
+    /// took from now.
+    pub async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        self.wait_status("/healthz", "healthy", timeout).await
+    }
+
+    /// Polls `path` until 200; `what` names that state in errors.
+    async fn wait_status(
+        &mut self,
+        path: &str,
+        what: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
         loop {
-            if let Ok(200) = self.api.status("/readyz").await {
+            if let Ok(200) = self.api.status(path).await {
                 return Ok(t0.elapsed());
             }
             if let Some(child) = self.child.as_mut()
@@ -149,13 +179,13 @@ impl ServerProc {
             {
                 self.child = None;
                 anyhow::bail!(
-                    "hookrelay exited ({status}) before it was ready\n{}",
+                    "hookrelay exited ({status}) before it was {what}\n{}",
                     self.log_tail()
                 );
             }
             if t0.elapsed() > timeout {
                 anyhow::bail!(
-                    "hookrelay not ready within {timeout:?}\n{}",
+                    "hookrelay not {what} within {timeout:?}\n{}",
                     self.log_tail()
                 );
             }

@@ -8,6 +8,8 @@ mod api;
 mod http;
 mod ledger;
 mod load;
+mod pair;
+mod proxy;
 mod receiver;
 mod report;
 mod rng;
@@ -32,21 +34,24 @@ use crate::scenario::{Ctx, Outcome, Scenario, Verdict};
 /// The scenarios `ci` runs, in their quick form. clock-skew and disk-full are the regression
 /// tests of the two engine bugs the suite found (timers on the wall clock; a poisoned log that
 /// only a restart cleared): under `ci` a GAP fails like a loss. disk-full skips without root.
-const CI_SCENARIOS: [&str; 5] = [
+const CI_SCENARIOS: &[&str] = &[
     "kill9",
     "torn-write",
     "receiver-faults",
     "clock-skew",
     "disk-full",
+    "failover",
+    "partition",
+    "s3-outage",
 ];
 
 #[derive(Parser, Debug)]
 #[command(
     name = "hookrelay-chaos",
     about = "Fault-injection scenarios against a real hookrelay; each ends in a loss count that must be 0.",
-    after_help = "TARGETS: a scenario name (see `list`), `all` (every scenario), `ci` (quick kill9, \
-                  torn-write, receiver-faults, clock-skew and disk-full, preferring the debug binary; \
-                  a GAP fails it), `list`."
+    after_help = "TARGETS: a scenario name (see `list`), `all` (every scenario), `ci` (the quick \
+                  form of the CI scenarios — kill9, torn-write, receiver-faults, clock-skew, disk-full, \
+                  failover, partition and s3-outage — preferring the debug binary; a GAP fails it), `list`."
 )]
 struct Cli {
     /// Scenario names, `all`, `ci` or `list`.

@@ -142,6 +142,33 @@ impl Server {
         }
     }
 
+    /// Waits for `/healthz` = 200: the process is up. A replica never answers 200 on `/readyz`
+    /// (it takes no ingest), so a replica's start is waited for with this.
+    pub async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let http = Http::new(self.base_url(), 0, Duration::from_secs(2));
+        loop {
+            if let Some(status) = self.exited() {
+                bail!(
+                    "hookrelay exited during start-up ({status}); stderr tail:\n{}",
+                    self.stderr_tail(25)
+                );
+            }
+            if let Ok(r) = http.get("/healthz", None).await
+                && r.status == 200
+            {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= timeout {
+                bail!(
+                    "hookrelay not healthy within {timeout:?}; stderr tail:\n{}",
+                    self.stderr_tail(25)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `Some(status)` once the child has exited (it is then reaped and forgotten).
     pub fn exited(&mut self) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;

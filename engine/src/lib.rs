@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod node;
 mod prealloc;
 pub mod record;
+pub mod replication;
 pub mod seal;
 pub mod shard;
 pub mod signing;

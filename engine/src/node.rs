@@ -43,6 +43,10 @@ pub struct EngineConfig {
     pub master_key: Option<crate::seal::SecretKey>,
     /// Extra trusted CA certificates (PEM) for HTTPS receivers.
     pub extra_roots_pem: Option<Vec<u8>>,
+    /// Replication to a peer node (`replication/`).
+    pub replication: crate::replication::ReplicationConfig,
+    /// The DLQ store (`dlq.backend`); `None` = the local store under `<data_dir>/dlq`.
+    pub dlq: Option<crate::dlq::store::Store>,
 }
 
 impl EngineConfig {
@@ -69,6 +73,8 @@ impl EngineConfig {
             shutdown_timeout: Duration::from_secs(25),
             master_key: None,
             extra_roots_pem: None,
+            replication: crate::replication::ReplicationConfig::default(),
+            dlq: None,
         }
     }
 }
@@ -77,6 +83,8 @@ struct Inner {
     config: EngineConfig,
     meta: Meta,
     audit: AuditStore,
+    replication: crate::replication::Replication,
+    dlq: crate::dlq::store::Store,
     inboxes: Vec<mpsc::Sender<ShardMsg>>,
     receivers: std::sync::Mutex<Vec<Option<mpsc::Receiver<ShardMsg>>>>,
     ready: Vec<AtomicBool>,
@@ -97,6 +105,8 @@ pub enum NodeError {
     Meta(#[from] MetaError),
     #[error(transparent)]
     Audit(#[from] audit::Error),
+    #[error(transparent)]
+    Replication(#[from] crate::replication::StateError),
     #[error("{0}")]
     Config(String),
     #[error("data dir {path}: {source}")]
@@ -148,6 +158,16 @@ impl Node {
         }
         let meta = Meta::open_with_master(&dir.join("meta"), config.master_key.clone())?;
         let audit = AuditStore::open(&dir.join("audit"), crate::clock::now_ms())?;
+        let replication = crate::replication::Replication::open(
+            &dir,
+            config.replication.clone(),
+            config.shards,
+            meta.master_key().as_bytes(),
+        )?;
+        let dlq = config
+            .dlq
+            .clone()
+            .unwrap_or_else(|| crate::dlq::store::Store::local(dir.join("dlq")));
         let mut inboxes = Vec::new();
         let mut receivers = Vec::new();
         for _ in 0..config.shards {
@@ -163,6 +183,8 @@ impl Node {
                 config,
                 meta,
                 audit,
+                replication,
+                dlq,
                 inboxes,
                 receivers: std::sync::Mutex::new(receivers),
                 ready: (0..shards_n).map(|_| AtomicBool::new(false)).collect(),
@@ -181,6 +203,14 @@ impl Node {
     }
     pub fn meta(&self) -> &Meta {
         &self.inner.meta
+    }
+    /// The DLQ store every shard ships to and replays read from.
+    pub fn dlq(&self) -> &crate::dlq::store::Store {
+        &self.inner.dlq
+    }
+    /// Role, epoch and the progress of the streams to or from the peer.
+    pub fn replication(&self) -> &crate::replication::Replication {
+        &self.inner.replication
     }
     /// The audit log of changes made through the management API.
     pub fn audit(&self) -> &AuditStore {
@@ -233,6 +263,7 @@ impl Node {
         if self.inner.stopping.load(Ordering::SeqCst) {
             return Err("shutting down".into());
         }
+        self.inner.replication.readiness()?;
         let poisoned = self
             .inner
             .poisoned

@@ -14,6 +14,11 @@
 //! - [`problem`]: checks on RFC 9457 error bodies.
 //! - [`raw`]: a raw TCP client for what a well-behaved client cannot do (a slow, oversized upload).
 //! - [`scenario`]: the shared set-up: a server and one tenant.
+//! - [`replication`]: two-node set-ups (a node's replication settings) and the replication
+//!   operator calls, with polling helpers.
+//! - [`proxy`]: a TCP forwarder a test can cut and heal, to break a replication link.
+//! - [`s3`]: a real S3-compatible server (s3s-fs, `scripts/s3-server`) for the DLQ on S3, and
+//!   a recording HTTP proxy to put in front of it.
 //!
 //! Architecture Invariant: the harness only knows the contract (`shared/CONTRACT.md`): it never
 //! links the product's crates, so a test passes only through the binary's real outside.
@@ -23,8 +28,11 @@ pub mod audit;
 pub mod http;
 pub mod payload;
 pub mod problem;
+pub mod proxy;
 pub mod raw;
 pub mod receiver;
+pub mod replication;
+pub mod s3;
 pub mod scenario;
 pub mod server;
 pub mod signing;

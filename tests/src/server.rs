@@ -108,6 +108,21 @@ impl Server {
     /// Starts the binary and waits for `/readyz`; panics (with the log tail) if it does not
     /// become ready within [`READY_TIMEOUT`].
     pub async fn start(opts: ServerOptions) -> Self {
+        let mut server = Self::start_unwaited(opts);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Starts the binary and waits only for `/healthz` (the process is up), not `/readyz`: a
+    /// replica, or a primary whose `ack = "peer"` has no peer, is up but never ready.
+    pub async fn start_healthy(opts: ServerOptions) -> Self {
+        let mut server = Self::start_unwaited(opts);
+        server.wait_ok("/healthz").await;
+        server
+    }
+
+    /// Starts the binary without waiting for anything: the caller polls what it needs.
+    fn start_unwaited(opts: ServerOptions) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hookrelay-e2e-")
             .tempdir()
@@ -126,7 +141,6 @@ impl Server {
             http: Http::new(format!("http://127.0.0.1:{port}")),
         };
         server.spawn();
-        server.wait_ready().await;
         server
     }
 
@@ -227,6 +241,13 @@ impl Server {
         self.wait_ready().await;
     }
 
+    /// Like [`Server::restart`], but waits only for `/healthz` (see [`Server::start_healthy`]).
+    pub async fn restart_healthy(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ok("/healthz").await;
+    }
+
     /// Whether the child is still running.
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
@@ -303,6 +324,12 @@ impl Server {
     }
 
     async fn wait_ready(&mut self) {
+        self.wait_ok("/readyz").await;
+    }
+
+    /// Polls `GET path` until it answers 200; panics if the process exits or [`READY_TIMEOUT`]
+    /// passes.
+    async fn wait_ok(&mut self, path: &str) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(child) = self.child.as_mut()
@@ -314,7 +341,7 @@ impl Server {
             }
             if let Ok(response) = self
                 .http
-                .try_send(hyper::Method::GET, "/readyz", bytes::Bytes::new(), &[])
+                .try_send(hyper::Method::GET, path, bytes::Bytes::new(), &[])
                 .await
                 && response.status == 200
             {
@@ -322,7 +349,7 @@ impl Server {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "hookrelay did not answer 200 on /readyz within {READY_TIMEOUT:?} (127.0.0.1:{})",
+                    "hookrelay did not answer 200 on {path} within {READY_TIMEOUT:?} (127.0.0.1:{})",
                     self.port
                 );
             }

@@ -296,7 +296,9 @@ async fn metrics_and_usage_count_what_receivers_saw_and_survive_restarts() {
     );
     assert_sample(&text, "hookrelay_inflight", 0.0);
     assert_sample(&text, "hookrelay_queue_oldest_age_seconds", 0.0);
-    assert_sample(&text, "hookrelay_replication_lag_bytes", 0.0);
+    // No peer: nothing to lag behind, per shard.
+    assert_sample(&text, "hookrelay_replication_lag_bytes{shard=\"0\"}", 0.0);
+    assert_sample(&text, "hookrelay_replication_lag_bytes{shard=\"1\"}", 0.0);
     for family in [
         "hookrelay_delivery_latency_seconds",
         "hookrelay_ingest_latency_seconds",

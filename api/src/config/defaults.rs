@@ -32,6 +32,8 @@ pub const DELIVERIES_DAYS: u64 = 30;
 pub const IDEMPOTENCY_DAYS: u64 = 7;
 
 pub const DLQ_RETENTION_DAYS: u64 = 30;
+pub const DLQ_MAX_CONCURRENT_PUTS: u64 = 8;
+pub const DLQ_RETRY_MAX_DELAY_MS: u64 = 30_000;
 
 pub const REPLAY_MAX_PER_S: u64 = 100;
 

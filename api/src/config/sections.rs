@@ -128,16 +128,25 @@ section! {
         bucket: Option<String> = None,
         /// Prefix put before every DLQ object key (e.g. `hookrelay/`).
         prefix: String = String::new(),
-        /// S3 region; unset = from the standard AWS chain.
+        /// S3 region; unset = from the standard AWS chain (`AWS_REGION`, profile, EC2
+        /// metadata), else `us-east-1` when `endpoint_url` is set.
         region: Option<String> = None,
         /// S3 endpoint URL for S3-compatible stores (MinIO, R2, ...); unset = AWS.
         endpoint_url: Option<String> = None,
-        /// KMS key id for SSE-KMS encryption of DLQ objects; unset = the bucket's default.
+        /// KMS key id (or ARN) for SSE-KMS: every PUT then asks for `aws:kms` encryption with
+        /// this key. Unset = the bucket's default encryption.
         sse_kms_key_id: Option<String> = None,
-        /// Days a DLQ object is kept (local backend; for S3 use a bucket lifecycle rule too).
+        /// Days a DLQ object is kept. With `s3`, a bucket lifecycle rule expires the objects
+        /// (README, "DLQ on S3"); start-up warns when the bucket has none with this many days.
         retention_days: u64 = d::DLQ_RETENTION_DAYS,
         /// Use path-style S3 URLs (`endpoint/bucket/key`), which most S3-compatible stores need.
         force_path_style: bool = false,
+        /// Most DLQ objects being stored at once, node-wide (all shards); a shipment keeps its
+        /// slot while it retries, so an outage holds at most this many requests.
+        max_concurrent_puts: u64 = d::DLQ_MAX_CONCURRENT_PUTS,
+        /// Longest wait between two tries to store a DLQ object (exponential backoff from
+        /// 100 ms with full jitter). An outage delays shipping; nothing is dropped.
+        retry_max_delay_ms: u64 = d::DLQ_RETRY_MAX_DELAY_MS,
     }
 }
 
@@ -191,6 +200,15 @@ section! {
         /// Shared secret both nodes present on the replication connection (at least 16
         /// characters). Unset = no authentication (trusted networks only).
         secret: Option<String> = None,
+        /// PEM certificate this node presents on replication connections (mutual TLS). Set
+        /// together with `tls_key_file` and `tls_ca_file`; unset = plain TCP.
+        tls_cert_file: Option<String> = None,
+        /// PEM private key of `tls_cert_file`.
+        tls_key_file: Option<String> = None,
+        /// PEM CA certificate(s) the peer's certificate must chain to.
+        tls_ca_file: Option<String> = None,
+        /// Name checked in the replica's certificate. Unset = the host of `peer`.
+        tls_server_name: Option<String> = None,
     }
 }
 

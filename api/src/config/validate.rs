@@ -26,6 +26,9 @@ const SEGMENT_AGE_MAX_MS: RangeInclusive<u64> = 1_000..=30 * 86_400_000;
 const BATCH_BYTES_MAX: RangeInclusive<u64> = 4 << 10..=64 << 20;
 const BATCH_LINGER_US: RangeInclusive<u64> = 0..=100_000;
 const RETENTION_DAYS: RangeInclusive<u64> = 1..=3_650;
+const DLQ_MAX_CONCURRENT_PUTS: RangeInclusive<u64> =
+    1..=hookrelay_engine::dlq::store::MAX_CONCURRENT_PUTS_LIMIT as u64;
+const DLQ_RETRY_MAX_DELAY_MS: RangeInclusive<u64> = 100..=3_600_000;
 const REPLAY_MAX_PER_S: RangeInclusive<u64> = 1..=100_000;
 const DEGRADE_AFTER_MS: RangeInclusive<u64> = 1..=3_600_000;
 const PEER_TIMEOUT_MS: RangeInclusive<u64> = 10..=600_000;
@@ -56,6 +59,8 @@ pub(super) fn range_of(key: &str) -> Option<RangeInclusive<u64>> {
         "retention.deliveries_days" | "retention.idempotency_days" | "dlq.retention_days" => {
             RETENTION_DAYS
         }
+        "dlq.max_concurrent_puts" => DLQ_MAX_CONCURRENT_PUTS,
+        "dlq.retry_max_delay_ms" => DLQ_RETRY_MAX_DELAY_MS,
         "replay.max_per_s" => REPLAY_MAX_PER_S,
         "replication.degrade_after_ms" => DEGRADE_AFTER_MS,
         "replication.peer_timeout_ms" => PEER_TIMEOUT_MS,
@@ -138,6 +143,8 @@ pub(super) fn check(c: &Config) -> Vec<(String, String)> {
         v.url("dlq.endpoint_url", url);
     }
     v.range("dlq.retention_days", q.retention_days);
+    v.range("dlq.max_concurrent_puts", q.max_concurrent_puts);
+    v.range("dlq.retry_max_delay_ms", q.retry_max_delay_ms);
 
     v.range("replay.max_per_s", c.replay.max_per_s);
 
@@ -177,6 +184,16 @@ pub(super) fn check(c: &Config) -> Vec<(String, String)> {
         v.range("replication.degrade_after_ms", ms);
     }
     v.range("replication.peer_timeout_ms", r.peer_timeout_ms);
+    let tls_set = [&r.tls_cert_file, &r.tls_key_file, &r.tls_ca_file]
+        .iter()
+        .filter(|f| f.is_some())
+        .count();
+    if tls_set != 0 && tls_set != 3 {
+        v.fail(
+            "replication.tls_cert_file",
+            "tls_cert_file, tls_key_file and tls_ca_file are set together (mutual TLS) or not at all",
+        );
+    }
     if let Some(secret) = &r.secret
         && secret.chars().count() < REPLICATION_SECRET_CHARS_MIN
     {

@@ -22,7 +22,12 @@ const LIMIT_MAX: usize = 1000;
 
 pub async fn get(app: &Rc<App>, caller: &Caller, id: &str) -> Result<HttpResponse, Problem> {
     let not_found = || Problem::new(Code::NotFound, format!("no delivery {id}"));
-    let detail = app.shard.delivery(id).await.ok_or_else(not_found)?;
+    let detail = app
+        .shard
+        .delivery_checked(id)
+        .await
+        .map_err(|reason| Problem::new(Code::Unavailable, reason))?
+        .ok_or_else(not_found)?;
     if !caller.can_see(&detail.tenant_id) {
         return Err(not_found());
     }

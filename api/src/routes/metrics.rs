@@ -29,7 +29,11 @@ pub const DEFAULT_WINDOW: Window = Window::Day;
 /// `GET /metrics`: every shard's counters, merged.
 pub async fn prometheus(app: &Rc<App>) -> HttpResponse {
     let exports = app.shard.metrics_export().await;
-    let body = prometheus::render(&exports, app.shard.node.shards());
+    let mut body = prometheus::render(&exports, app.shard.node.shards());
+    app.shard.node.replication().render_prometheus(&mut body);
+    crate::replay::dlq_store(app)
+        .stats()
+        .render_prometheus(&mut body, hookrelay_engine::clock::mono_ms());
     let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
     response.headers_mut().insert(
         CONTENT_TYPE,

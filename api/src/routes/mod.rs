@@ -1,6 +1,7 @@
 //! One file per resource. [`v1`] authenticates and dispatches the management API, and records
 //! every change that succeeded in the audit log ([`audit::record`]).
 
+pub mod admin;
 pub mod api_keys;
 pub mod audit;
 pub mod deliveries;
@@ -36,7 +37,17 @@ pub async fn v1(
         Ok(c) => c,
         Err(p) => return p.into_response(),
     };
-    touch_key(app, &caller);
+    let primary = app.shard.node.replication().is_primary();
+    if !primary && audit::is_change(&method) && path != ["admin", "promote"] {
+        return Problem::new(
+            Code::Unavailable,
+            "this node is a replica: changes go to the primary (or promote this node first)",
+        )
+        .into_response();
+    }
+    if primary {
+        touch_key(app, &caller);
+    }
     let user_agent = audit::is_change(&method)
         .then(|| audit::user_agent(req.headers()))
         .flatten();
@@ -68,6 +79,8 @@ pub async fn v1(
         (&Method::GET, ["metrics"]) => metrics::get(app, &snapshot, &caller, &req).await,
         (&Method::GET, ["usage"]) => usage::get(app, &snapshot, &caller, &req).await,
         (&Method::GET, ["audit"]) => audit::list(app, &snapshot, &caller, &req).await,
+        (&Method::GET, ["admin", "replication"]) => admin::replication(app, &caller),
+        (&Method::POST, ["admin", "promote"]) => admin::promote(app, &caller),
         _ => Err(Problem::new(
             Code::NotFound,
             format!("no route for {method} /v1/{}", path.join("/")),

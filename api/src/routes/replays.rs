@@ -1,9 +1,11 @@
 //! `POST /v1/replays` and `GET /v1/replays/{id}`.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 
+use futures::StreamExt as _;
 use hookrelay_engine::clock::{now_ms, rfc3339_ms};
-use hookrelay_engine::dlq::object::parse_rfc3339;
+use hookrelay_engine::dlq::object::{parse_key, parse_rfc3339};
 use hookrelay_engine::ids::{is_valid, new_id};
 use hookrelay_engine::meta::{MetaOp, ReplayJob, Snapshot};
 use hookrelay_engine::record::Status;
@@ -11,6 +13,7 @@ use hyper::Request;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
+use time::UtcOffset;
 
 use crate::app::{App, HttpResponse};
 use crate::auth::Caller;
@@ -33,6 +36,9 @@ struct DlqRange {
     to: String,
     endpoint_id: Option<String>,
 }
+
+/// DLQ objects read at once while resolving a range (those of its first and last day).
+const EDGE_READS_CONCURRENT: usize = 8;
 
 fn invalid(detail: impl Into<String>) -> Problem {
     Problem::new(Code::ValidationFailed, detail)
@@ -107,31 +113,73 @@ async fn dlq_items(
             _ => return Err(Problem::new(Code::NotFound, format!("no endpoint {ep}"))),
         }
     }
-    let (store, tenant, endpoint) = (dlq_store(app), tenant_id.to_string(), range.endpoint_id);
-    let found = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
-        let keys = store
-            .list_range(&tenant, endpoint.as_deref(), from, to)
-            .map_err(|e| e.to_string())?;
-        let mut items = Vec::new();
-        for key in keys {
-            // Keys are by day; the range is exact, on the object's exhausted_at.
-            let Some(obj) = store.get(&key).map_err(|e| e.to_string())? else {
-                continue;
-            };
-            if parse_rfc3339(&obj.exhausted_at).is_some_and(|t| t >= from && t <= to) {
-                items.push(format!("dlq:{key}"));
-            }
-            if items.len() > ITEMS_MAX {
-                return Err(format!(
-                    "the range holds more than {ITEMS_MAX} DLQ objects; narrow it"
-                ));
-            }
+    let store = dlq_store(app);
+    let keys = store
+        .list_range(tenant_id, range.endpoint_id.as_deref(), from, to)
+        .await
+        .map_err(dlq_problem)?;
+    // Keys are by UTC day and the range is exact, on the object's exhausted_at (whose date is
+    // the key's): only objects of the first and the last day can fall outside it, so only
+    // those are read.
+    let (first_day, last_day) = (
+        from.to_offset(UtcOffset::UTC).date(),
+        to.to_offset(UtcOffset::UTC).date(),
+    );
+    let on_edge =
+        |key: &str| parse_key(key).is_ok_and(|p| p.date == first_day || p.date == last_day);
+    let interior = keys.iter().filter(|k| !on_edge(k)).count();
+    if interior > ITEMS_MAX {
+        return Err(too_many());
+    }
+    let edge: Vec<&String> = keys.iter().filter(|k| on_edge(k)).collect();
+    let read: Vec<_> = futures::stream::iter(edge)
+        .map(|key| {
+            let store = store.clone();
+            async move { (key, store.get(key).await) }
+        })
+        .buffered(EDGE_READS_CONCURRENT)
+        .collect()
+        .await;
+    let mut outside = HashSet::new();
+    for (key, found) in read {
+        // Deleted since the listing: not in the range any more.
+        let inside = found.map_err(dlq_problem)?.is_some_and(|obj| {
+            parse_rfc3339(&obj.exhausted_at).is_some_and(|t| t >= from && t <= to)
+        });
+        if !inside {
+            outside.insert(key.as_str());
         }
-        Ok(items)
-    })
-    .await
-    .map_err(|e| Problem::new(Code::Internal, e.to_string()))?;
-    found.map_err(invalid)
+    }
+    let items: Vec<String> = keys
+        .iter()
+        .filter(|k| !outside.contains(k.as_str()))
+        .map(|k| format!("dlq:{k}"))
+        .collect();
+    if items.len() > ITEMS_MAX {
+        return Err(too_many());
+    }
+    Ok(items)
+}
+
+fn too_many() -> Problem {
+    invalid(format!(
+        "the range holds more than {ITEMS_MAX} DLQ objects; narrow it"
+    ))
+}
+
+/// A DLQ store error while resolving a range: an outage is 503 (try again), a listing too large
+/// or a corrupt object is 422.
+fn dlq_problem(e: hookrelay_engine::dlq::Error) -> Problem {
+    use hookrelay_engine::dlq::Error;
+    match e {
+        Error::TooManyKeys { .. } => too_many(),
+        e if e.is_transient() => Problem::new(
+            Code::Unavailable,
+            format!("the DLQ store is unavailable: {e}"),
+        )
+        .retry_after(1),
+        e => invalid(e.to_string()),
+    }
 }
 
 pub async fn get(

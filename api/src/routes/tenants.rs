@@ -112,11 +112,9 @@ pub async fn purge(app: &Rc<App>, caller: &Caller, id: &str) -> Result<HttpRespo
     }])
     .await
     .map_err(meta_unavailable)?;
-    let store = crate::replay::dlq_store(app);
-    let tenant = id.to_string();
-    tokio::task::spawn_blocking(move || store.purge_tenant(&tenant))
+    crate::replay::dlq_store(app)
+        .purge_tenant(id)
         .await
-        .map_err(|e| Problem::new(Code::Internal, e.to_string()))?
         .map_err(|e| {
             Problem::new(
                 Code::Unavailable,

@@ -10,6 +10,7 @@ pub mod latency;
 pub mod max_ingest;
 pub mod memory;
 pub mod recovery;
+pub mod replication;
 pub mod suite;
 
 use std::future::Future;

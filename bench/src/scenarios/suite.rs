@@ -14,13 +14,14 @@ use super::latency::{self, LatencyArgs};
 use super::max_ingest::{self, MaxIngestArgs};
 use super::memory::{self, MemoryArgs};
 use super::recovery::{self, RecoveryArgs};
+use super::replication::{self, AckMode, ReplicationArgs};
 use super::{Common, error_row, workspace_root};
 use crate::report::{self, Row, TABLE_HEADER, Verdict};
 
 pub const BEGIN: &str = "<!-- bench:begin -->";
 pub const END: &str = "<!-- bench:end -->";
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "acceptance",
     "max-ingest",
     "latency",
@@ -28,6 +29,7 @@ const SCENARIOS: [&str; 7] = [
     "flaky",
     "recovery",
     "memory",
+    "replication",
 ];
 
 #[derive(Args, Clone, Debug)]
@@ -135,6 +137,22 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<Verdict> {
                     large: None,
                     backlog: None,
                     connections: 64,
+                })
+                .await
+            }
+            "replication" => {
+                replication::measure(&ReplicationArgs {
+                    common: c.clone(),
+                    acks: vec![AckMode::Local, AckMode::Peer],
+                    rates: vec![1000, 5000],
+                    duration_s: None,
+                    warmup_s: 2,
+                    connections: 128,
+                    closed_connections: vec![64, 256],
+                    closed_duration_s: None,
+                    closed_warmup_s: 3,
+                    with_delivery: false,
+                    catch_up_timeout_s: 30,
                 })
                 .await
             }

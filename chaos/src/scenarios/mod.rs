@@ -3,8 +3,11 @@
 
 mod clock_skew;
 mod disk_full;
+mod failover;
 mod kill9;
+mod partition;
 mod receiver_faults;
+mod s3_outage;
 mod sigterm;
 mod slow_disk;
 mod torn_write;
@@ -19,6 +22,9 @@ pub static ALL: &[&Scenario] = &[
     &slow_disk::SCENARIO,
     &clock_skew::SCENARIO,
     &sigterm::SCENARIO,
+    &failover::SCENARIO,
+    &partition::SCENARIO,
+    &s3_outage::SCENARIO,
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {

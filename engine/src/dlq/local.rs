@@ -13,7 +13,7 @@ use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use time::{Date, OffsetDateTime, UtcOffset};
+use time::{OffsetDateTime, UtcOffset};
 
 use super::object::{self, DlqObject, is_valid_id, parse_fixed_digits};
 use super::{Error, Result};
@@ -61,26 +61,8 @@ impl LocalDlq {
     /// put of the same key atomically replaces the first. `obj` must carry the key's ids.
     /// Returns the object's path.
     pub fn put(&self, key: &str, obj: &DlqObject) -> Result<PathBuf> {
+        let json = object::encode(key, obj)?;
         let parts = object::parse_key(key)?;
-        if parts.tenant_id != obj.tenant_id
-            || parts.endpoint_id != obj.endpoint_id
-            || parts.delivery_id != obj.delivery_id
-        {
-            return Err(Error::InvalidKey {
-                key: key.to_owned(),
-                reason: "key does not match the object's tenant, endpoint or delivery id",
-            });
-        }
-        let mut json = serde_json::to_vec(obj).map_err(|e| Error::Corrupt {
-            key: key.to_owned(),
-            reason: format!("cannot encode: {e}"),
-        })?;
-        // Pair assertion: what goes to disk reads back as the same object.
-        debug_assert!(
-            serde_json::from_slice::<DlqObject>(&json).is_ok_and(|back| &back == obj),
-            "DLQ object does not survive a JSON round trip"
-        );
-        json.push(b'\n');
 
         let path = self.root.join(key);
         let dir = path.parent().unwrap_or(&self.root);
@@ -106,7 +88,7 @@ impl LocalDlq {
     /// The object at `key`, `None` if there is none. A file that is not a valid object of that
     /// key is `Error::Corrupt`.
     pub fn get(&self, key: &str) -> Result<Option<DlqObject>> {
-        let parts = object::parse_key(key)?;
+        object::parse_key(key)?;
         let path = self.root.join(key);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -126,23 +108,7 @@ impl LocalDlq {
         file.take(OBJECT_BYTES_MAX + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| Error::io(&path, e))?;
-        let obj: DlqObject = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-            key: key.to_owned(),
-            reason: e.to_string(),
-        })?;
-        // Pair assertion: the object read back belongs at this key.
-        if obj.tenant_id != parts.tenant_id
-            || obj.endpoint_id != parts.endpoint_id
-            || obj.delivery_id != parts.delivery_id
-        {
-            return Err(Error::Corrupt {
-                key: key.to_owned(),
-                reason: format!(
-                    "object is {}/{}/{}",
-                    obj.tenant_id, obj.endpoint_id, obj.delivery_id
-                ),
-            });
-        }
+        let obj = object::decode(key, &bytes)?;
         Ok(Some(obj))
     }
 
@@ -233,7 +199,8 @@ impl LocalDlq {
                     .is_some_and(|y| (from.year()..=to.year()).contains(&y))
             })?;
             for y in &years {
-                let months = sorted_names(&ep_dir.join(y), |n| month_overlaps(y, n, from, to))?;
+                let months =
+                    sorted_names(&ep_dir.join(y), |n| object::month_overlaps(y, n, from, to))?;
                 for m in &months {
                     let days = sorted_names(&ep_dir.join(y).join(m), |n| {
                         object::parse_date_parts(y, m, n).is_some_and(|d| from <= d && d <= to)
@@ -295,21 +262,6 @@ impl LocalDlq {
         }
         Ok(())
     }
-}
-
-/// Whether month directory `m` of year directory `y` can hold dates in `from..=to`.
-fn month_overlaps(y: &str, m: &str, from: Date, to: Date) -> bool {
-    let (Some(y), Some(m)) = (parse_fixed_digits(y, 4), parse_fixed_digits(m, 2)) else {
-        return false;
-    };
-    let (Ok(y), Ok(m)) = (i32::try_from(y), u8::try_from(m)) else {
-        return false;
-    };
-    if !(1..=12).contains(&m) {
-        return false;
-    }
-    let ym = (y, m);
-    (from.year(), u8::from(from.month())) <= ym && ym <= (to.year(), u8::from(to.month()))
 }
 
 /// The UTF-8 names in `dir` that pass `keep`, sorted; a missing directory is empty.

@@ -88,6 +88,81 @@ pub fn object_key(
     )
 }
 
+/// The stored bytes of `obj` at `key`: its JSON and a newline. `obj` must carry the key's ids
+/// (a well-formed key of another delivery is `Error::InvalidKey`, nothing is written).
+pub fn encode(key: &str, obj: &DlqObject) -> Result<Vec<u8>, Error> {
+    let parts = parse_key(key)?;
+    if parts.tenant_id != obj.tenant_id
+        || parts.endpoint_id != obj.endpoint_id
+        || parts.delivery_id != obj.delivery_id
+    {
+        return Err(Error::InvalidKey {
+            key: key.to_owned(),
+            reason: "key does not match the object's tenant, endpoint or delivery id",
+        });
+    }
+    let mut json = serde_json::to_vec(obj).map_err(|e| Error::Corrupt {
+        key: key.to_owned(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    // Pair assertion: what is stored reads back as the same object.
+    debug_assert!(
+        serde_json::from_slice::<DlqObject>(&json).is_ok_and(|back| &back == obj),
+        "DLQ object does not survive a JSON round trip"
+    );
+    json.push(b'\n');
+    Ok(json)
+}
+
+/// The object stored at `key`, from its bytes. Bytes that are not a valid object of that key
+/// (another delivery's object included) are `Error::Corrupt`.
+pub fn decode(key: &str, bytes: &[u8]) -> Result<DlqObject, Error> {
+    let parts = parse_key(key)?;
+    let obj: DlqObject = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    // Pair assertion: the object read back belongs at this key.
+    if obj.tenant_id != parts.tenant_id
+        || obj.endpoint_id != parts.endpoint_id
+        || obj.delivery_id != parts.delivery_id
+    {
+        return Err(Error::Corrupt {
+            key: key.to_owned(),
+            reason: format!(
+                "object is {}/{}/{}",
+                obj.tenant_id, obj.endpoint_id, obj.delivery_id
+            ),
+        });
+    }
+    Ok(obj)
+}
+
+/// Whether month `m` of year `y` (key parts, `yyyy` and `mm`) can hold dates in `from..=to`.
+pub(crate) fn month_overlaps(y: &str, m: &str, from: Date, to: Date) -> bool {
+    let (Some(y), Some(m)) = (parse_fixed_digits(y, 4), parse_fixed_digits(m, 2)) else {
+        return false;
+    };
+    let (Ok(y), Ok(m)) = (i32::try_from(y), u8::try_from(m)) else {
+        return false;
+    };
+    if !(1..=12).contains(&m) {
+        return false;
+    }
+    let ym = (y, m);
+    (from.year(), u8::from(from.month())) <= ym && ym <= (to.year(), u8::from(to.month()))
+}
+
+/// `{tenant_id}/{endpoint_id}/{yyyy}/{mm}/{dd}/`, the key prefix of one day's objects.
+pub fn day_prefix(tenant_id: &str, endpoint_id: &str, date: Date) -> String {
+    format!(
+        "{tenant_id}/{endpoint_id}/{:04}/{:02}/{:02}/",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
 /// A key taken apart. Produced only by [`parse_key`], so its parts are safe path components.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyParts<'a> {

@@ -368,6 +368,39 @@ impl Meta {
         Ok(snapshot)
     }
 
+    /// The whole state as JSON, as the replication stream sends it to the peer.
+    pub fn export(&self) -> Vec<u8> {
+        let w = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        serde_json::to_vec(&w.state).expect("metadata serialises")
+    }
+
+    /// Replaces the whole state with `json` (from [`Meta::export`] on the primary): written as
+    /// the snapshot (temp file, fsync, rename) with the log emptied, then made visible.
+    /// Blocking.
+    pub fn install(&self, json: &[u8]) -> Result<(), MetaError> {
+        let inner = &self.inner;
+        let state: State = serde_json::from_slice(json).map_err(|e| MetaError::Corrupt {
+            path: inner.dir.join("meta.snapshot.json"),
+            line: 0,
+            reason: format!("replicated state: {e}"),
+        })?;
+        let mut w = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if w.poisoned {
+            return Err(MetaError::Poisoned);
+        }
+        let previous = std::mem::replace(&mut w.state, state);
+        if let Err(e) = compact(&inner.dir, &mut w) {
+            w.state = previous;
+            w.poisoned = true;
+            return Err(e);
+        }
+        w.version += 1;
+        let snapshot = Arc::new(Snapshot::build(&w.state, w.version, &inner.master));
+        inner.snapshot.store(snapshot);
+        inner.changed.send_replace(w.version);
+        Ok(())
+    }
+
     /// Async wrapper over [`Meta::apply_blocking`] that runs it on the blocking pool, so a
     /// shard's executor never waits on the metadata fsync.
     pub async fn apply(&self, ops: Vec<MetaOp>) -> Result<Arc<Snapshot>, MetaError> {
@@ -551,6 +584,30 @@ mod tests {
             Meta::open(dir.path()),
             Err(MetaError::Corrupt { line: 2, .. })
         ));
+    }
+
+    #[test]
+    fn an_installed_state_replaces_the_old_and_survives_reopen() {
+        let a_dir = tempfile::tempdir().unwrap();
+        let b_dir = tempfile::tempdir().unwrap();
+        let a = Meta::open(a_dir.path()).unwrap();
+        let b = Meta::open(b_dir.path()).unwrap();
+        a.apply_blocking(&[key("k1"), key("k2")]).unwrap();
+        b.apply_blocking(&[key("stale")]).unwrap();
+        let changes = b.subscribe();
+        b.install(&a.export()).unwrap();
+        assert!(changes.has_changed().unwrap());
+        let ids = |m: &Meta| {
+            let mut v: Vec<String> = m.load().api_keys.keys().cloned().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(&b), vec!["k1".to_string(), "k2".to_string()]);
+        drop(b);
+        let b = Meta::open(b_dir.path()).unwrap();
+        assert_eq!(ids(&b), vec!["k1".to_string(), "k2".to_string()]);
+        assert!(b.install(b"{not json").is_err());
+        assert_eq!(ids(&b), vec!["k1".to_string(), "k2".to_string()]);
     }
 
     #[test]

@@ -124,12 +124,6 @@ pub fn render(exports: &[ShardExport], shards_expected: usize) -> String {
     );
     gauge(
         &mut out,
-        "hookrelay_replication_lag_bytes",
-        "Bytes of log not yet acknowledged by the replication peer. Always 0: replication is not implemented yet.",
-        "0",
-    );
-    gauge(
-        &mut out,
         "hookrelay_metrics_endpoints_tracked",
         "Endpoints with per-endpoint metrics in memory.",
         &tracked.to_string(),
@@ -216,7 +210,6 @@ mod tests {
             "hookrelay_ingest_latency_seconds_count 1",
             "hookrelay_inflight 3",
             "hookrelay_queue_oldest_age_seconds 1.5",
-            "hookrelay_replication_lag_bytes 0",
             "hookrelay_scrape_shards_missing 1",
         ] {
             assert!(

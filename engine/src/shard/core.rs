@@ -1,16 +1,13 @@
 //! The shard's state and its event loop.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::clock::{mono_ms, wall_to_mono};
 use crate::delivery::client::{ClientOptions, DeliveryClient};
-use crate::dlq::local::LocalDlq;
 use crate::idempotency::{IdempotencyIndex, IndexOptions};
 use crate::ids::now_ms;
 use crate::node::Node;
@@ -54,6 +51,24 @@ pub enum Exit {
     Shutdown,
     /// The log stopped taking writes; the storage must be reopened.
     Poisoned,
+    /// The node stopped being primary (fenced by a newer epoch): the shard becomes a replica.
+    Demoted,
+}
+
+/// The shard's directory and the options of its log.
+pub(crate) fn log_options(
+    cfg: &crate::node::EngineConfig,
+    id: usize,
+) -> (std::path::PathBuf, hookrelay_log::Options) {
+    let dir = cfg.data_dir.join("shards").join(format!("{id:03}"));
+    let mut opts = hookrelay_log::Options::new(dir.join("log"));
+    opts.io = cfg.log_io.clone();
+    opts.segment_bytes_max = cfg.segment_bytes_max;
+    opts.segment_age_max = cfg.segment_age_max;
+    opts.batch_bytes_max = cfg.batch_bytes_max;
+    opts.batch_linger = cfg.batch_linger;
+    opts.frame_bytes_max = cfg.frame_bytes_max;
+    (dir, opts)
 }
 
 /// Everything one shard owns. Lives in an `Rc` on its thread.
@@ -66,11 +81,11 @@ pub struct ShardCore {
     pub(crate) sched: RefCell<Scheduler>,
     pub(crate) next_seq: Cell<u64>,
     pub(crate) client: DeliveryClient,
-    pub(crate) dlq: Arc<LocalDlq>,
+    /// The node's DLQ store (`dlq.backend`), shared with the other shards and the API.
+    pub(crate) dlq: crate::dlq::Store,
     pub(crate) wake: Notify,
-    /// Sequence numbers of final deliveries whose DLQ object is not stored yet.
-    pub(crate) to_dead_letter: RefCell<VecDeque<u64>>,
-    pub(crate) dead_letter_running: Cell<bool>,
+    /// Final deliveries whose DLQ object is not stored yet (`dead_letter.rs`).
+    pub(crate) dead_letters: RefCell<super::dead_letter::Backlog>,
     pub(crate) attempts_running: Cell<usize>,
     /// Set when this incarnation of the shard is replaced (after a poisoned log); its leftover
     /// tasks stop at their next step.
@@ -85,17 +100,15 @@ impl ShardCore {
     /// Opens the shard's storage and rebuilds its state from the log.
     pub async fn open(id: usize, node: Node) -> Result<Rc<ShardCore>, Error> {
         let cfg = node.config().clone();
-        let dir = cfg.data_dir.join("shards").join(format!("{id:03}"));
-        let mut opts = hookrelay_log::Options::new(dir.join("log"));
-        opts.io = cfg.log_io;
-        opts.segment_bytes_max = cfg.segment_bytes_max;
-        opts.segment_age_max = cfg.segment_age_max;
-        opts.batch_bytes_max = cfg.batch_bytes_max;
-        opts.batch_linger = cfg.batch_linger;
-        opts.frame_bytes_max = cfg.frame_bytes_max;
+        let (dir, opts) = log_options(&cfg, id);
         let (log, recovered) = hookrelay_log::Log::open(opts)
             .await
             .map_err(|source| Error::Log { shard: id, source })?;
+        // Frames written from now on carry the node's epoch (raised by a promotion).
+        let epoch = node.replication().epoch();
+        if epoch > log.epoch() {
+            log.set_epoch(epoch);
+        }
         tracing::info!(
             shard = id,
             io = ?recovered.io,
@@ -126,6 +139,7 @@ impl ShardCore {
             shard: id,
             reason: e.to_string(),
         })?;
+        let dlq = node.dlq().clone();
         let core = Rc::new(ShardCore {
             id,
             log,
@@ -145,10 +159,9 @@ impl ShardCore {
                 extra_roots_pem: cfg.extra_roots_pem.clone(),
                 ..ClientOptions::default()
             }),
-            dlq: Arc::new(LocalDlq::new(cfg.data_dir.join("dlq"))),
+            dlq: dlq.clone(),
             wake: Notify::new(),
-            to_dead_letter: RefCell::new(VecDeque::new()),
-            dead_letter_running: Cell::new(false),
+            dead_letters: RefCell::new(super::dead_letter::Backlog::new(id, dlq)),
             attempts_running: Cell::new(0),
             retired: Cell::new(false),
             metrics: RefCell::new(crate::metrics::ShardMetrics::new(
@@ -174,6 +187,8 @@ impl ShardCore {
     pub async fn run(self: &Rc<Self>) -> Result<Exit, Error> {
         let mut shutdown = self.node.shutdown_signal();
         let mut meta_changes = self.node.meta().subscribe();
+        let mut role = self.node.replication().subscribe();
+        let link = self.node.replication().link(self.id);
         let mut out = Vec::new();
         let mut orphans = Vec::new();
         let mut maintained_ms = mono_ms();
@@ -187,6 +202,11 @@ impl ShardCore {
                 self.drain().await;
                 return Ok(Exit::Poisoned);
             }
+            if !self.node.replication().is_primary() {
+                self.drain().await;
+                return Ok(Exit::Demoted);
+            }
+            link.set_next(self.log.durable_offset());
             let now = now_ms();
             // The scheduler's clock is monotonic (see `clock::mono_ms`); `now` is wall time.
             let mono = mono_ms();
@@ -249,6 +269,7 @@ impl ShardCore {
                     }
                 }
                 _ = shutdown.changed() => {}
+                _ = role.changed() => {}
             }
         }
         self.drain().await;

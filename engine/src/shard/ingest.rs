@@ -21,6 +21,11 @@ impl ShardCore {
                 "the shard's log stopped taking writes after a disk error".into(),
             ));
         }
+        if !self.node.replication().is_primary() {
+            return Err(IngestError::Unavailable(
+                "this node is not the primary (fenced by a newer epoch)".into(),
+            ));
+        }
         let hash = body_hash(&req.body);
         let hit =
             self.idem
@@ -114,6 +119,14 @@ impl ShardCore {
             record.received_at_ms,
         );
         self.wake.notify_one();
+        // With `replication.ack = "peer"` the sender hears 2xx only once the peer holds the
+        // record too. On a timeout it gets a 503 and retries with the same idempotency key; the
+        // record is durable here and is delivered either way (at least once).
+        self.node
+            .replication()
+            .wait_peer(self.id, offset)
+            .await
+            .map_err(IngestError::Unavailable)?;
         Ok(IngestOk::Accepted { delivery_id })
     }
 
@@ -149,6 +162,13 @@ impl ShardCore {
         if first.body_hash != hash {
             return Ok(Some(Err(IngestError::KeyReused)));
         }
+        // A duplicate is answered like the first request: with `ack = "peer"`, only once the
+        // peer holds the first delivery.
+        self.node
+            .replication()
+            .wait_peer(self.id, hit.offset)
+            .await
+            .map_err(IngestError::Unavailable)?;
         let status = self
             .table
             .borrow()

@@ -7,7 +7,7 @@
 //! `ingest.rs` (the hot path), `attempt.rs` (delivery), `recovery.rs` (start-up).
 
 mod attempt;
-mod core;
+pub(crate) mod core;
 mod dead_letter;
 mod ingest;
 pub mod list;
@@ -167,6 +167,12 @@ impl ShardCtx {
 
     /// Makes a delivery durable on the shard that owns its endpoint, or answers why not.
     pub async fn ingest(&self, req: IngestRequest) -> Result<IngestOk, IngestError> {
+        if !self.node.replication().is_primary() {
+            return Err(IngestError::Unavailable(format!(
+                "this node is a replica (epoch {}): send to the primary, or promote this node",
+                self.node.replication().epoch()
+            )));
+        }
         let owner = shard_of(&req.endpoint_id, self.node.shards());
         if owner == self.id {
             let core = self
@@ -188,6 +194,46 @@ impl ShardCtx {
             })?;
         rx.await
             .unwrap_or_else(|_| Err(IngestError::Unavailable("shard dropped the request".into())))
+    }
+
+    /// A delivery's detail from whichever shard owns it: `Ok(None)` when unknown, `Err` when
+    /// the owning shard cannot answer now (a replica, or a shard still recovering) — which is
+    /// not the same as "no such delivery".
+    pub async fn delivery_checked(
+        &self,
+        delivery_id: &str,
+    ) -> Result<Option<DeliveryDetail>, String> {
+        let Some(loc) = parse_delivery_id(delivery_id) else {
+            return Ok(None);
+        };
+        if loc.shard >= self.node.shards() {
+            return Ok(None);
+        }
+        let unavailable = || {
+            if self.node.replication().is_primary() {
+                "the delivery's shard is recovering; retry".to_string()
+            } else {
+                "this node is a replica: delivery reads are served by the primary (or after \
+                 promotion)"
+                    .to_string()
+            }
+        };
+        if loc.shard == self.id {
+            let core = self.local().ok_or_else(unavailable)?;
+            return Ok(core.delivery(loc.seq, delivery_id));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.node
+            .inbox(loc.shard)
+            .send(ShardMsg::Delivery {
+                seq: loc.seq,
+                delivery_id: delivery_id.to_string(),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| unavailable())?;
+        // A shard without a core drops the request unanswered.
+        rx.await.map_err(|_| unavailable())
     }
 
     /// A delivery's detail from whichever shard owns it; `None` when unknown.
@@ -322,8 +368,27 @@ impl ShardCtx {
 /// meanwhile; nothing ACKed is lost because everything ACKed was fsynced.
 pub async fn run(ctx: Rc<ShardCtx>, inbox: mpsc::Receiver<ShardMsg>) -> Result<(), core::Error> {
     tokio::task::spawn_local(serve_inbox(ctx.clone(), inbox));
+    let mut conns = ctx
+        .node
+        .replication()
+        .take_conns(ctx.id)
+        .expect("replication connections are taken once per shard");
     let mut first = true;
     loop {
+        if !ctx.node.replication().is_primary() {
+            // A replica keeps a copy of the primary's log until promoted (`replication/`).
+            ctx.node.mark_unready(ctx.id);
+            match crate::replication::receiver::run_replica(&ctx, &mut conns).await? {
+                crate::replication::receiver::ReplicaExit::Shutdown => return Ok(()),
+                crate::replication::receiver::ReplicaExit::Promoted => {
+                    tracing::info!(
+                        shard = ctx.id,
+                        "promoted: rebuilding the shard from its log"
+                    );
+                    continue;
+                }
+            }
+        }
         let core = match ShardCore::open(ctx.id, ctx.node.clone()).await {
             Ok(core) => core,
             // A first start that cannot open its storage is fatal; a reopen retries.
@@ -340,11 +405,23 @@ pub async fn run(ctx: Rc<ShardCtx>, inbox: mpsc::Receiver<ShardMsg>) -> Result<(
         ctx.set_core(core.clone());
         ctx.node.mark_ready(ctx.id);
         tokio::task::spawn_local(metrics::upkeep(core.clone()));
+        tokio::task::spawn_local(crate::replication::sender::run_shard(core.clone()));
+        if ctx.id == 0 {
+            tokio::task::spawn_local(crate::replication::sender::run_meta(core.clone()));
+        }
         let exit = core.run().await?;
         *ctx.core.borrow_mut() = None;
         core.retired.set(true);
         match exit {
             core::Exit::Shutdown => return Ok(()),
+            core::Exit::Demoted => {
+                ctx.node.mark_unready(ctx.id);
+                tracing::warn!(
+                    shard = ctx.id,
+                    "fenced by a newer primary: becoming a replica"
+                );
+                drop(core);
+            }
             core::Exit::Poisoned => {
                 ctx.node.mark_unready(ctx.id);
                 tracing::warn!(

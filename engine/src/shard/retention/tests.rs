@@ -247,12 +247,14 @@ fn expired_segment_goes_only_once_every_delivery_is_settled() {
         let object = core
             .dlq
             .get(&dlq_key)
+            .await
             .expect("dlq read")
             .expect("dlq object");
         assert_eq!(object.delivery_id, id_held);
         assert!(
             core.dlq
                 .get(&core.delivery(seq_fail, &id_fail).unwrap().dlq_key.unwrap())
+                .await
                 .unwrap()
                 .is_some()
         );
