@@ -21,8 +21,13 @@ use crate::server_proc::{READY_TIMEOUT, Rss};
 const PHASE_TIME_MAX: Duration = Duration::from_secs(4 * 3600);
 /// Bound on waiting for the receiver to catch up after a phase.
 const DELIVERY_WAIT_MAX: Duration = Duration::from_secs(600);
-/// Quiet time before RSS is read.
+/// Quiet time before the "busy" RSS sample: what a burst leaves resident.
 const SETTLE: Duration = Duration::from_secs(3);
+/// Quiet time before the "at rest" sample, the one judged: longer than the engine's
+/// `RELEASE_MEMORY_EVERY_MS` (10 s), after which the pages a burst touched in the mmap'd
+/// segments, state table and index have been handed back. The busy sample holds the last
+/// seconds' working set — proportional to the ingest rate, not to the history kept.
+const SETTLE_REST: Duration = Duration::from_secs(13);
 /// Pass: RSS with 100×N at most this factor of RSS with N, or this much more, whichever is larger.
 const GROWTH_FACTOR_MAX: f64 = 1.25;
 const GROWTH_MIB_MAX: f64 = 64.0;
@@ -76,16 +81,24 @@ pub async fn measure(a: &MemoryArgs) -> anyhow::Result<Row> {
     let endpoints = bed.endpoints.clone();
 
     let mut stored = ingest(&bed, c, &endpoints, small, a.connections, true).await?;
-    let rss_small = settle_rss(&bed).await?;
-    eprintln!("memory: {stored} stored → {}", rss_small.text());
+    let (busy_small, rss_small) = settle_rss(&bed).await?;
+    eprintln!(
+        "memory: {stored} stored → busy {}, at rest {}",
+        busy_small.text(),
+        rss_small.text()
+    );
     stored += ingest(&bed, c, &endpoints, large - small, a.connections, true).await?;
-    let rss_large = settle_rss(&bed).await?;
-    eprintln!("memory: {stored} stored → {}", rss_large.text());
+    let (busy_large, rss_large) = settle_rss(&bed).await?;
+    eprintln!(
+        "memory: {stored} stored → busy {}, at rest {}",
+        busy_large.text(),
+        rss_large.text()
+    );
 
     bed.server.kill9();
     bed.server.spawn()?;
     let ready = bed.server.wait_ready(READY_TIMEOUT).await?;
-    let rss_restart = settle_rss(&bed).await?;
+    let (_, rss_restart) = settle_rss(&bed).await?;
     eprintln!(
         "memory: restarted with {stored} stored in {:.2} s → {}",
         ready.as_secs_f64(),
@@ -100,7 +113,7 @@ pub async fn measure(a: &MemoryArgs) -> anyhow::Result<Row> {
         })
         .await?;
     let queued = ingest(&bed, c, &[dead], backlog, a.connections, false).await?;
-    let rss_backlog = settle_rss(&bed).await?;
+    let (_, rss_backlog) = settle_rss(&bed).await?;
     eprintln!("memory: + backlog of {queued} → {}", rss_backlog.text());
     let data_bytes = bed.server.data_bytes();
     bed.stop().await;
@@ -129,10 +142,12 @@ pub async fn measure(a: &MemoryArgs) -> anyhow::Result<Row> {
             c.setup_line()
         ),
         result: format!(
-            "RSS idle {}; {small} stored: {}; {large} stored: {}; after restart: {}; + backlog {queued}: {} ({per_backlog:.0} B/queued delivery); data {:.1} GiB",
+            "RSS at rest (busy 3 s after the burst): idle {}; {small} stored: {} ({}); {large} stored: {} ({}); after restart: {}; + backlog {queued}: {} ({per_backlog:.0} B/queued delivery); data {:.1} GiB",
             rss0.text(),
             rss_small.text(),
+            busy_small.text(),
             rss_large.text(),
+            busy_large.text(),
             rss_restart.text(),
             rss_backlog.text(),
             data_bytes as f64 / (1u64 << 30) as f64
@@ -142,6 +157,7 @@ pub async fn measure(a: &MemoryArgs) -> anyhow::Result<Row> {
         metrics: json!({
             "small": small, "large": large, "backlog": queued,
             "rss": {"idle": rss0, "small": rss_small, "large": rss_large, "restart": rss_restart, "backlog": rss_backlog},
+            "rss_busy": {"small": busy_small, "large": busy_large},
             "restart_ready_s": ready.as_secs_f64(),
             "backlog_bytes_per_delivery": per_backlog,
             "data_bytes": data_bytes,
@@ -193,7 +209,10 @@ async fn ingest(
     Ok(r.ok_total)
 }
 
-async fn settle_rss(bed: &Bed) -> anyhow::Result<Rss> {
+/// RSS 3 s after a phase ("busy") and after the engine's memory release ("at rest").
+async fn settle_rss(bed: &Bed) -> anyhow::Result<(Rss, Rss)> {
     tokio::time::sleep(SETTLE).await;
-    bed.server.rss()
+    let busy = bed.server.rss()?;
+    tokio::time::sleep(SETTLE_REST - SETTLE).await;
+    Ok((busy, bed.server.rss()?))
 }
