@@ -256,34 +256,24 @@ async fn serve_meta(node: &Node, mut io: Box<dyn Stream>) -> Result<(), String> 
                 }
                 installed += 1;
                 link.set_next(installed);
-                if let Err(e) = protocol::write_msg(
-                    &mut io,
-                    &Msg::Ack {
-                        next_offset: installed,
-                    },
-                )
-                .await
-                {
-                    break Err(e.to_string());
-                }
             }
-            Msg::Ping => {
-                if let Err(e) = protocol::write_msg(
-                    &mut io,
-                    &Msg::Ack {
-                        next_offset: installed,
-                    },
-                )
-                .await
-                {
-                    break Err(e.to_string());
-                }
-            }
+            Msg::Ping => {}
             other => {
                 break Err(format!(
                     "unexpected message on the metadata stream: {other:?}"
                 ));
             }
+        }
+        // Every state installed and every ping is acknowledged.
+        if let Err(e) = protocol::write_msg(
+            &mut io,
+            &Msg::Ack {
+                next_offset: installed,
+            },
+        )
+        .await
+        {
+            break Err(e.to_string());
         }
         if repl.role() == Role::Primary {
             break Ok(());

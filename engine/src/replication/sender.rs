@@ -167,16 +167,33 @@ async fn pause(core: &ShardCore, d: Duration) -> bool {
 /// Streams shard `core.id`'s log to the peer for as long as this incarnation of the shard runs
 /// and the node is primary.
 pub(crate) async fn run_shard(core: Rc<ShardCore>) {
-    let node = core.node.clone();
-    let repl = node.replication();
+    let link = core.node.replication().link(core.id);
+    let what = format!("shard {}", core.id);
+    reconnecting(&core, link, &what, || stream_shard(&core, link)).await;
+}
+
+/// Streams the metadata state to the peer: the whole state on connect and after every change.
+/// Runs on shard 0's thread for as long as that incarnation of the shard runs.
+pub(crate) async fn run_meta(core: Rc<ShardCore>) {
+    let link = core.node.replication().meta_link();
+    reconnecting(&core, link, "metadata", || stream_meta(&core, link)).await;
+}
+
+/// Runs `stream` again and again, with backoff, until the shard stops or the peer fences this
+/// node; keeps `link` up to date and logs each new kind of interruption once.
+async fn reconnecting<F, Fut>(core: &ShardCore, link: &Link, what: &str, mut stream: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), SendError>>,
+{
+    let repl = core.node.replication();
     if !repl.streams() {
         return;
     }
-    let link = repl.link(core.id);
     let mut delay = RETRY_MIN;
     let mut last_error = String::new();
-    while !stopped(&core) {
-        match stream_shard(&core, link).await {
+    while !stopped(core) {
+        match stream().await {
             Ok(()) => break,
             Err(SendError::Fenced(epoch)) => {
                 link.set_down(Some(format!("fenced by epoch {epoch}")));
@@ -188,7 +205,7 @@ pub(crate) async fn run_shard(core: Rc<ShardCore>) {
             Err(e) => {
                 let msg = e.to_string();
                 if msg != last_error {
-                    tracing::warn!(shard = core.id, error = %msg, "replication: stream to the peer interrupted; reconnecting");
+                    tracing::warn!(stream = what, error = %msg, "replication: stream to the peer interrupted; reconnecting");
                     last_error = msg.clone();
                 }
                 if link.connected.load(std::sync::atomic::Ordering::Acquire) {
@@ -197,7 +214,7 @@ pub(crate) async fn run_shard(core: Rc<ShardCore>) {
                 link.set_down(Some(msg));
             }
         }
-        if pause(&core, delay).await {
+        if pause(core, delay).await {
             break;
         }
         delay = (delay * 2).min(RETRY_MAX);
@@ -417,46 +434,6 @@ fn update_avg_frame(log: &hookrelay_log::Log, link: &Link) {
     if let Some(avg) = bytes.checked_div(records) {
         link.set_avg_frame_bytes(avg);
     }
-}
-
-/// Streams the metadata state to the peer: the whole state on connect and after every change.
-/// Runs on shard 0's thread for as long as that incarnation of the shard runs.
-pub(crate) async fn run_meta(core: Rc<ShardCore>) {
-    let repl = core.node.replication();
-    if !repl.streams() {
-        return;
-    }
-    let link = repl.meta_link();
-    let mut delay = RETRY_MIN;
-    let mut last_error = String::new();
-    while !stopped(&core) {
-        match stream_meta(&core, link).await {
-            Ok(()) => break,
-            Err(SendError::Fenced(epoch)) => {
-                link.set_down(Some(format!("fenced by epoch {epoch}")));
-                if let Err(e) = repl.observe_epoch(epoch) {
-                    tracing::error!(error = %e, "replication: recording the newer epoch failed");
-                }
-                break;
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if msg != last_error {
-                    tracing::warn!(error = %msg, "replication: metadata stream interrupted; reconnecting");
-                    last_error = msg.clone();
-                }
-                if link.connected.load(std::sync::atomic::Ordering::Acquire) {
-                    delay = RETRY_MIN;
-                }
-                link.set_down(Some(msg));
-            }
-        }
-        if pause(&core, delay).await {
-            break;
-        }
-        delay = (delay * 2).min(RETRY_MAX);
-    }
-    link.set_down(None);
 }
 
 async fn stream_meta(core: &Rc<ShardCore>, link: &Link) -> Result<(), SendError> {

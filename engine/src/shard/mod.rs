@@ -236,26 +236,10 @@ impl ShardCtx {
         rx.await.map_err(|_| unavailable())
     }
 
-    /// A delivery's detail from whichever shard owns it; `None` when unknown.
+    /// A delivery's detail from whichever shard owns it; `None` when unknown or when its shard
+    /// cannot answer now (see [`ShardCtx::delivery_checked`]).
     pub async fn delivery(&self, delivery_id: &str) -> Option<DeliveryDetail> {
-        let loc = parse_delivery_id(delivery_id)?;
-        if loc.shard >= self.node.shards() {
-            return None;
-        }
-        if loc.shard == self.id {
-            return self.local()?.delivery(loc.seq, delivery_id);
-        }
-        let (tx, rx) = oneshot::channel();
-        self.node
-            .inbox(loc.shard)
-            .send(ShardMsg::Delivery {
-                seq: loc.seq,
-                delivery_id: delivery_id.to_string(),
-                reply: tx,
-            })
-            .await
-            .ok()?;
-        rx.await.ok().flatten()
+        self.delivery_checked(delivery_id).await.ok().flatten()
     }
 
     /// A delivery's tenant and status only — the state-table slot, checked against the ingest
