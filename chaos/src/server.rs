@@ -118,33 +118,22 @@ impl Server {
 
     /// Waits for `/readyz` = 200; an error if the process exits or the timeout passes.
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let http = Http::new(self.base_url(), 0, Duration::from_secs(2));
-        loop {
-            if let Some(status) = self.exited() {
-                bail!(
-                    "hookrelay exited during start-up ({status}); stderr tail:\n{}",
-                    self.stderr_tail(25)
-                );
-            }
-            if let Ok(r) = http.get("/readyz", None).await
-                && r.status == 200
-            {
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() >= timeout {
-                bail!(
-                    "hookrelay not ready within {timeout:?}; stderr tail:\n{}",
-                    self.stderr_tail(25)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_ok("/readyz", "ready", timeout).await
     }
 
     /// Waits for `/healthz` = 200: the process is up. A replica never answers 200 on `/readyz`
     /// (it takes no ingest), so a replica's start is waited for with this.
     pub async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        self.wait_ok("/healthz", "healthy", timeout).await
+    }
+
+    /// Polls `path` until it answers 200; an error if the process exits or `timeout` passes.
+    async fn wait_ok(
+        &mut self,
+        path: &str,
+        what: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
         let started = Instant::now();
         let http = Http::new(self.base_url(), 0, Duration::from_secs(2));
         loop {
@@ -154,14 +143,14 @@ impl Server {
                     self.stderr_tail(25)
                 );
             }
-            if let Ok(r) = http.get("/healthz", None).await
+            if let Ok(r) = http.get(path, None).await
                 && r.status == 200
             {
                 return Ok(started.elapsed());
             }
             if started.elapsed() >= timeout {
                 bail!(
-                    "hookrelay not healthy within {timeout:?}; stderr tail:\n{}",
+                    "hookrelay not {what} within {timeout:?}; stderr tail:\n{}",
                     self.stderr_tail(25)
                 );
             }

@@ -13,7 +13,7 @@ use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use time::{OffsetDateTime, UtcOffset};
+use time::OffsetDateTime;
 
 use super::object::{self, DlqObject, is_valid_id, parse_fixed_digits};
 use super::{Error, Result};
@@ -164,20 +164,11 @@ impl LocalDlq {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let bad = |reason| Error::InvalidKey {
-            key: format!("{tenant_id}/{}", endpoint_id.unwrap_or("")),
-            reason,
-        };
-        if !is_valid_id("tn_", tenant_id) {
-            return Err(bad("bad tenant id"));
-        }
-        if endpoint_id.is_some_and(|e| !is_valid_id("ep_", e)) {
-            return Err(bad("bad endpoint id"));
-        }
-        let from = from.to_offset(UtcOffset::UTC).date();
-        let to = to.to_offset(UtcOffset::UTC).date();
         let mut out = Vec::new();
-        if from > to || limit == 0 {
+        let Some((from, to)) = object::range_dates(tenant_id, endpoint_id, from, to)? else {
+            return Ok(out);
+        };
+        if limit == 0 {
             return Ok(out);
         }
         // A subtree whose key prefix sorts before `after` and is not a prefix of it holds only

@@ -138,6 +138,29 @@ pub fn decode(key: &str, bytes: &[u8]) -> Result<DlqObject, Error> {
     Ok(obj)
 }
 
+/// Checks the ids of a range listing and turns its bounds into UTC dates; `None` when the range
+/// is empty. Both backends list by these dates, so both check the same way.
+pub(crate) fn range_dates(
+    tenant_id: &str,
+    endpoint_id: Option<&str>,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Result<Option<(Date, Date)>, Error> {
+    let bad = |reason| Error::InvalidKey {
+        key: format!("{tenant_id}/{}", endpoint_id.unwrap_or("")),
+        reason,
+    };
+    if !is_valid_id("tn_", tenant_id) {
+        return Err(bad("bad tenant id"));
+    }
+    if endpoint_id.is_some_and(|e| !is_valid_id("ep_", e)) {
+        return Err(bad("bad endpoint id"));
+    }
+    let from = from.to_offset(UtcOffset::UTC).date();
+    let to = to.to_offset(UtcOffset::UTC).date();
+    Ok((from <= to).then_some((from, to)))
+}
+
 /// Whether month `m` of year `y` (key parts, `yyyy` and `mm`) can hold dates in `from..=to`.
 pub(crate) fn month_overlaps(y: &str, m: &str, from: Date, to: Date) -> bool {
     let (Some(y), Some(m)) = (parse_fixed_digits(y, 4), parse_fixed_digits(m, 2)) else {

@@ -270,20 +270,11 @@ impl S3Dlq {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>> {
-        let bad = |reason| Error::InvalidKey {
-            key: format!("{tenant_id}/{}", endpoint_id.unwrap_or("")),
-            reason,
-        };
-        if !is_valid_id("tn_", tenant_id) {
-            return Err(bad("bad tenant id"));
-        }
-        if endpoint_id.is_some_and(|e| !is_valid_id("ep_", e)) {
-            return Err(bad("bad endpoint id"));
-        }
-        let from = from.to_offset(UtcOffset::UTC).date();
-        let to = to.to_offset(UtcOffset::UTC).date();
         let mut out = Vec::new();
-        if from > to || limit == 0 {
+        let Some((from, to)) = object::range_dates(tenant_id, endpoint_id, from, to)? else {
+            return Ok(out);
+        };
+        if limit == 0 {
             return Ok(out);
         }
         // A prefix that sorts before `after` and is not a prefix of it holds only keys before.
