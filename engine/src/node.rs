@@ -290,6 +290,11 @@ impl Node {
         Ok(())
     }
 
+    /// True when every shard has opened its storage and runs (as primary).
+    pub fn shards_ready(&self) -> bool {
+        self.inner.ready.iter().all(|r| r.load(Ordering::SeqCst))
+    }
+
     /// Asks every shard to stop: no new ingest, finish or persist in-flight work, close logs.
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);

@@ -80,7 +80,7 @@ pub async fn v1(
         (&Method::GET, ["usage"]) => usage::get(app, &snapshot, &caller, &req).await,
         (&Method::GET, ["audit"]) => audit::list(app, &snapshot, &caller, &req).await,
         (&Method::GET, ["admin", "replication"]) => admin::replication(app, &caller),
-        (&Method::POST, ["admin", "promote"]) => admin::promote(app, &caller),
+        (&Method::POST, ["admin", "promote"]) => admin::promote(app, &caller).await,
         _ => Err(Problem::new(
             Code::NotFound,
             format!("no route for {method} /v1/{}", path.join("/")),
