@@ -21,7 +21,7 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -204,8 +204,12 @@ pub enum PromoteError {
 /// The node's replication state, shared by every thread.
 pub struct Replication {
     cfg: ReplicationConfig,
+    /// The durable role and epoch; every change goes through [`Replication::transition`].
     state: Mutex<state::DurableState>,
     store: state::StateFile,
+    /// Copies of `state` for the hot path (every ingest asks), read without a lock.
+    primary: AtomicBool,
+    epoch_now: AtomicU32,
     role_tx: watch::Sender<(Role, u32)>,
     links: Vec<Link>,
     meta_link: Link,
@@ -260,6 +264,8 @@ impl Replication {
         }
         Ok(Replication {
             role_tx: watch::channel((st.role, st.epoch)).0,
+            primary: AtomicBool::new(st.role == Role::Primary),
+            epoch_now: AtomicU32::new(st.epoch),
             state: Mutex::new(st),
             store,
             links: (0..shards).map(|_| Link::new()).collect(),
@@ -278,15 +284,19 @@ impl Replication {
     }
 
     pub fn role(&self) -> Role {
-        self.role_tx.borrow().0
+        if self.is_primary() {
+            Role::Primary
+        } else {
+            Role::Replica
+        }
     }
 
     pub fn is_primary(&self) -> bool {
-        self.role() == Role::Primary
+        self.primary.load(Ordering::Acquire)
     }
 
     pub fn epoch(&self) -> u32 {
-        self.role_tx.borrow().1
+        self.epoch_now.load(Ordering::Acquire)
     }
 
     /// Sees every change of role or epoch.
@@ -331,35 +341,58 @@ impl Replication {
         self.cfg.peer.is_some()
     }
 
-    fn set(&self, role: Role, epoch: u32) -> Result<(), StateError> {
+    /// Changes the durable role and epoch under the lock, so concurrent promotions and fencings
+    /// decide on the same state: `decide` returns the next state, or `None` for no change. The
+    /// file is replaced before the change is visible.
+    fn transition(
+        &self,
+        decide: impl FnOnce(state::DurableState) -> Option<state::DurableState>,
+    ) -> Result<Option<state::DurableState>, StateError> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let next = state::DurableState { role, epoch };
+        let Some(next) = decide(*st) else {
+            return Ok(None);
+        };
         self.store.save(&next)?;
         *st = next;
-        self.role_tx.send_replace((role, epoch));
-        Ok(())
+        self.epoch_now.store(next.epoch, Ordering::Release);
+        self.primary
+            .store(next.role == Role::Primary, Ordering::Release);
+        self.role_tx.send_replace((next.role, next.epoch));
+        Ok(Some(next))
     }
 
     /// Makes this node the primary with a higher epoch than any it has seen.
     pub fn promote(&self) -> Result<u32, PromoteError> {
-        let (role, epoch) = *self.role_tx.borrow();
-        if role == Role::Primary {
-            return Err(PromoteError::AlreadyPrimary(epoch));
-        }
-        let new_epoch = epoch + 1;
-        self.set(Role::Primary, new_epoch)?;
-        tracing::warn!(epoch = new_epoch, "replication: promoted to primary");
-        Ok(new_epoch)
+        let promoted = self.transition(|st| {
+            (st.role != Role::Primary).then_some(state::DurableState {
+                role: Role::Primary,
+                epoch: st.epoch + 1,
+            })
+        })?;
+        let Some(st) = promoted else {
+            return Err(PromoteError::AlreadyPrimary(self.epoch()));
+        };
+        tracing::warn!(epoch = st.epoch, "replication: promoted to primary");
+        Ok(st.epoch)
     }
 
     /// A higher epoch exists: a primary fences itself and becomes a replica; a replica records
     /// the epoch (so it refuses older primaries). A lower or equal epoch changes nothing.
     pub fn observe_epoch(&self, epoch: u32) -> Result<(), StateError> {
-        let (role, current) = *self.role_tx.borrow();
-        if epoch <= current {
-            return Ok(());
-        }
-        if role == Role::Primary {
+        let mut fenced_from = None;
+        self.transition(|st| {
+            if epoch <= st.epoch {
+                return None;
+            }
+            if st.role == Role::Primary {
+                fenced_from = Some(st.epoch);
+            }
+            Some(state::DurableState {
+                role: Role::Replica,
+                epoch,
+            })
+        })?;
+        if let Some(current) = fenced_from {
             tracing::error!(
                 epoch = current,
                 newer = epoch,
@@ -367,7 +400,7 @@ impl Replication {
                  ingest (fenced) and becomes its replica"
             );
         }
-        self.set(Role::Replica, epoch)
+        Ok(())
     }
 
     /// With `ack = peer` and `degrade_after` set, true once `shard`'s peer has been away that
@@ -430,7 +463,7 @@ impl Replication {
 
     /// Why this node cannot take ingest, if replication is the reason.
     pub fn readiness(&self) -> Result<(), String> {
-        let (role, epoch) = *self.role_tx.borrow();
+        let (role, epoch) = (self.role(), self.epoch());
         if role == Role::Replica {
             return Err(format!(
                 "this node is a replica (epoch {epoch}): it stores the primary's logs and takes \
@@ -456,7 +489,7 @@ impl Replication {
     }
 
     pub fn status(&self) -> ReplicationStatus {
-        let (role, epoch) = *self.role_tx.borrow();
+        let (role, epoch) = (self.role(), self.epoch());
         ReplicationStatus {
             role,
             epoch,

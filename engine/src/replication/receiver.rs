@@ -110,8 +110,9 @@ async fn route(node: Node, mut tcp: TcpStream) -> Result<(), String> {
         return Err(format!("no shard {shard}"));
     }
     if repl.role() == Role::Primary {
-        let io = accept_tls(repl, tcp).await?;
-        return answer_as_primary(repl, io, pre.stream).await;
+        let mut io = accept_tls(repl, tcp).await?;
+        let theirs = check_hello(repl, &mut io, pre.stream).await?;
+        return answer_as_primary(repl, io, theirs).await;
     }
     let std = tcp.into_std().map_err(|e| e.to_string())?;
     repl.conn_tx(shard)
@@ -179,13 +180,12 @@ async fn check_hello(
     Ok(epoch)
 }
 
-/// A primary reached this node, which believes it is primary too.
+/// A primary with epoch `theirs` reached this node, which believes it is primary too.
 async fn answer_as_primary(
     repl: &Replication,
     mut io: Box<dyn Stream>,
-    stream: u16,
+    theirs: u32,
 ) -> Result<(), String> {
-    let theirs = check_hello(repl, &mut io, stream).await?;
     let ours = repl.epoch();
     if theirs > ours {
         // A newer primary: this node is stale. It fences itself and becomes the replica; the
@@ -223,8 +223,8 @@ async fn serve_meta(node: &Node, mut io: Box<dyn Stream>) -> Result<(), String> 
         refuse(&mut io, RefuseKind::Fenced, repl.epoch(), &reason).await;
         return Err(reason);
     }
-    if repl.role() == Role::Primary && epoch == repl.epoch() {
-        return answer_as_primary_after_hello(repl, io, epoch).await;
+    if repl.role() == Role::Primary {
+        return answer_as_primary(repl, io, epoch).await;
     }
     repl.observe_epoch(epoch).map_err(|e| e.to_string())?;
     let welcome = Msg::Welcome {
@@ -281,18 +281,6 @@ async fn serve_meta(node: &Node, mut io: Box<dyn Stream>) -> Result<(), String> 
     };
     link.set_down(result.as_ref().err().cloned());
     result
-}
-
-async fn answer_as_primary_after_hello(
-    repl: &Replication,
-    mut io: Box<dyn Stream>,
-    epoch: u32,
-) -> Result<(), String> {
-    let reason = format!(
-        "both nodes are primary in epoch {epoch}: configure one as replica, or promote one"
-    );
-    refuse(&mut io, RefuseKind::Denied, repl.epoch(), &reason).await;
-    Err(reason)
 }
 
 /// What ended a shard's replica mode.

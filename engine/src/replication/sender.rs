@@ -506,137 +506,54 @@ async fn stream_meta(core: &Rc<ShardCore>, link: &Link) -> Result<(), SendError>
 mod tests {
     use super::*;
 
-    /// A primary whose log holds epochs 0 for 0..100 and 2 for 100..150, from `first` on.
-    fn primary(first: u64) -> (u64, u64, impl Fn(u32) -> u64) {
+    /// `resume_point` against a primary whose log holds epoch 0 for 0..100 and epoch 2 for
+    /// 100..150, retained from `first` on.
+    fn resume(first: u64, replica_next: u64, last_epoch: Option<u32>) -> Resume {
         let end = 150;
-        (first, end, move |e: u32| {
+        let end_of_epoch = |e: u32| {
             let boundary = if e < 2 { 100 } else { end };
             boundary.max(first).min(end)
-        })
+        };
+        resume_point(replica_next, last_epoch, first, end, end_of_epoch)
+    }
+
+    fn plan(truncate_to: Option<u64>, reset_to: Option<u64>, start: u64) -> Resume {
+        Resume {
+            truncate_to,
+            reset_to,
+            start,
+        }
     }
 
     #[test]
     fn an_up_to_date_or_lagging_copy_resumes_where_it_stopped() {
-        let (first, end, eoe) = primary(0);
-        let r = resume_point(150, Some(2), first, end, &eoe);
-        assert_eq!(
-            r,
-            Resume {
-                truncate_to: None,
-                reset_to: None,
-                start: 150
-            }
-        );
-        let r = resume_point(120, Some(2), first, end, &eoe);
-        assert_eq!(
-            r,
-            Resume {
-                truncate_to: None,
-                reset_to: None,
-                start: 120
-            }
-        );
-        let r = resume_point(60, Some(0), first, end, &eoe);
-        assert_eq!(
-            r,
-            Resume {
-                truncate_to: None,
-                reset_to: None,
-                start: 60
-            }
-        );
+        assert_eq!(resume(0, 150, Some(2)), plan(None, None, 150));
+        assert_eq!(resume(0, 120, Some(2)), plan(None, None, 120));
+        assert_eq!(resume(0, 60, Some(0)), plan(None, None, 60));
     }
 
     #[test]
     fn a_former_primary_loses_the_suffix_of_its_old_epoch() {
-        let (first, end, eoe) = primary(0);
         // It wrote 100..130 in epoch 0 after the new primary took over at 100.
-        let r = resume_point(130, Some(0), first, end, &eoe);
-        assert_eq!(
-            r,
-            Resume {
-                truncate_to: Some(100),
-                reset_to: None,
-                start: 100
-            }
-        );
+        assert_eq!(resume(0, 130, Some(0)), plan(Some(100), None, 100));
         // Ahead of the primary in the current epoch (cannot happen, but never send past end).
-        let r = resume_point(170, Some(2), first, end, &eoe);
-        assert_eq!(
-            r,
-            Resume {
-                truncate_to: Some(150),
-                reset_to: None,
-                start: 150
-            }
-        );
+        assert_eq!(resume(0, 170, Some(2)), plan(Some(150), None, 150));
     }
 
     #[test]
     fn an_empty_or_too_old_copy_starts_over_at_the_first_retained_record() {
-        let (first, end, eoe) = primary(40);
-        let r = resume_point(0, None, first, end, &eoe);
-        assert_eq!(
-            r,
-            Resume {
-                truncate_to: None,
-                reset_to: Some(40),
-                start: 40
-            }
-        );
-        let r = resume_point(30, Some(0), first, end, &eoe);
-        assert_eq!(
-            r,
-            Resume {
-                truncate_to: None,
-                reset_to: Some(40),
-                start: 40
-            }
-        );
+        assert_eq!(resume(40, 0, None), plan(None, Some(40), 40));
+        assert_eq!(resume(40, 30, Some(0)), plan(None, Some(40), 40));
         // An empty copy positioned elsewhere is moved too.
-        let r = resume_point(90, None, first, end, &eoe);
-        assert_eq!(
-            r,
-            Resume {
-                truncate_to: None,
-                reset_to: Some(40),
-                start: 40
-            }
-        );
+        assert_eq!(resume(40, 90, None), plan(None, Some(40), 40));
         // An empty copy at the primary's first record just starts.
-        let r = resume_point(40, None, first, end, &eoe);
-        assert_eq!(
-            r,
-            Resume {
-                truncate_to: None,
-                reset_to: None,
-                start: 40
-            }
-        );
-        let (first, end, eoe) = primary(0);
-        let r = resume_point(0, None, first, end, &eoe);
-        assert_eq!(
-            r,
-            Resume {
-                truncate_to: None,
-                reset_to: None,
-                start: 0
-            }
-        );
+        assert_eq!(resume(40, 40, None), plan(None, None, 40));
+        assert_eq!(resume(0, 0, None), plan(None, None, 0));
     }
 
     #[test]
     fn a_divergent_copy_older_than_the_retained_log_is_cut_then_reset() {
         // The primary retains only epoch-2 records from 120; the copy ends at 130 in epoch 0.
-        let (first, end, eoe) = primary(120);
-        let r = resume_point(130, Some(0), first, end, &eoe);
-        assert_eq!(
-            r,
-            Resume {
-                truncate_to: Some(120),
-                reset_to: None,
-                start: 120
-            }
-        );
+        assert_eq!(resume(120, 130, Some(0)), plan(Some(120), None, 120));
     }
 }
