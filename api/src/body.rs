@@ -2,6 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 
@@ -19,19 +20,39 @@ pub enum BodyError {
 }
 
 /// Reads the whole body, refusing (without buffering further) once it passes `max` bytes. On
-/// `TooLarge` the rest of the body is still in `body`, for the caller to drain.
+/// `TooLarge` the rest of the body is still in `body`, for the caller to drain. A body that
+/// arrives in one frame (the usual webhook) is returned as that frame, without a copy; one in
+/// several frames is gathered into a buffer sized from what is still expected.
 pub async fn read_limited(body: &mut Incoming, max: usize) -> Result<Bytes, BodyError> {
-    let mut buf = BytesMut::new();
+    let mut first: Option<Bytes> = None;
+    let mut gathered: Option<BytesMut> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > max {
-                return Err(BodyError::TooLarge);
-            }
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let have =
+            first.as_ref().map_or(0, Bytes::len) + gathered.as_ref().map_or(0, BytesMut::len);
+        if have + data.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        if let Some(buf) = gathered.as_mut() {
             buf.extend_from_slice(&data);
+        } else if let Some(head) = first.take() {
+            let expected = usize::try_from(body.size_hint().lower()).unwrap_or(max);
+            let mut buf = BytesMut::with_capacity((have + data.len() + expected).min(max));
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(&data);
+            gathered = Some(buf);
+        } else {
+            first = Some(data);
         }
     }
-    Ok(buf.freeze())
+    Ok(match (gathered, first) {
+        (Some(buf), _) => buf.freeze(),
+        (None, Some(head)) => head,
+        (None, None) => Bytes::new(),
+    })
 }
 
 /// Reads and parses a JSON management body: syntax errors are 400 `invalid_json`, a body of

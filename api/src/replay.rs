@@ -19,6 +19,7 @@ use hookrelay_engine::dlq::Store;
 use hookrelay_engine::dlq::object::DlqObject;
 use hookrelay_engine::ids::parse_delivery_id;
 use hookrelay_engine::meta::{MetaOp, ReplayJob};
+use hookrelay_engine::record::IngestPayload;
 use hookrelay_engine::shard::{IngestError, IngestOk, IngestRequest};
 use tokio::time::Instant;
 
@@ -140,8 +141,10 @@ async fn replay_item(app: &Rc<App>, job: &ReplayJob, index: usize) -> Result<Str
     let request = IngestRequest {
         endpoint_id: original.endpoint_id,
         tenant_id: job.tenant_id.clone(),
-        headers: original.headers,
-        body: original.body,
+        payload: IngestPayload::encode(
+            original.headers.iter().map(|(n, v)| (n.as_str(), &v[..])),
+            &original.body,
+        ),
         idempotency_key: format!("replay:{}:{}", job.id, original.delivery_id),
         received_at_ms: now_ms(),
         replay_of: Some(original.delivery_id),

@@ -118,52 +118,158 @@ pub struct DeadLettered {
 #[error("bad record payload: {0}")]
 pub struct DecodeError(&'static str);
 
-impl Ingested {
-    pub fn encode(&self) -> Bytes {
-        let mut b = BytesMut::with_capacity(128 + self.body.len() + 64 * self.headers.len());
-        b.put_u8(VERSION);
+/// The headers and body of an ingest request, already in the record's payload encoding (a
+/// `u16` header count, length-prefixed names and values, the length-prefixed body). The ingest
+/// path builds it once, in one allocation, on the thread that read the request; the owning
+/// shard copies it once into the record (sealing it in place when the tenant has a data key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestPayload {
+    bytes: Bytes,
+    /// Where the body starts in `bytes`.
+    body_at: usize,
+    /// [`crate::idempotency::body_hash`] of the body, computed with the payload (off the owning
+    /// shard's thread).
+    body_hash: u64,
+}
+
+impl IngestPayload {
+    /// Encodes `headers` (at most [`HEADERS_MAX`]) and `body`.
+    pub fn encode<'a, I>(headers: I, body: &[u8]) -> IngestPayload
+    where
+        I: IntoIterator<Item = (&'a str, &'a [u8])>,
+        I::IntoIter: Clone,
+    {
+        let headers = headers.into_iter();
+        let (count, header_bytes) = headers
+            .clone()
+            .fold((0usize, 0usize), |(n, bytes), (name, value)| {
+                (n + 1, bytes + 8 + name.len() + value.len())
+            });
+        assert!(
+            count <= HEADERS_MAX,
+            "{count} headers, at most {HEADERS_MAX}"
+        );
+        let mut b = BytesMut::with_capacity(2 + header_bytes + 4 + body.len());
+        b.put_u16_le(count as u16);
+        for (name, value) in headers {
+            put_str(&mut b, name);
+            put_bytes(&mut b, value);
+        }
+        put_bytes(&mut b, body);
+        let body_at = b.len() - body.len();
+        IngestPayload {
+            bytes: b.freeze(),
+            body_at,
+            body_hash: crate::idempotency::body_hash(body),
+        }
+    }
+
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[self.body_at..]
+    }
+
+    pub fn body_hash(&self) -> u64 {
+        self.body_hash
+    }
+
+    /// The encoded bytes, as they go into the record.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The headers and the body back.
+    pub fn decode(&self) -> (Vec<(String, Bytes)>, Bytes) {
+        Ingested::get_payload(&mut self.bytes.clone())
+            .expect("an IngestPayload is well formed by construction")
+    }
+}
+
+/// The fields of an [`Ingested`] record around its payload, borrowed: what the ingest path
+/// encodes around an [`IngestPayload`].
+#[derive(Debug, Clone, Copy)]
+pub struct IngestedHead<'a> {
+    pub seq: u64,
+    pub delivery_id: &'a str,
+    pub tenant_id: &'a str,
+    pub endpoint_id: &'a str,
+    pub received_at_ms: u64,
+    pub idempotency_key: &'a str,
+    pub body_hash: u64,
+    pub replay_of: Option<&'a str>,
+}
+
+impl IngestedHead<'_> {
+    /// The record: these fields, then `payload` (an [`IngestPayload`]'s bytes) in the clear,
+    /// or sealed under generation `seal.0` of the tenant's data key, bound to the delivery id.
+    /// One allocation; a sealed payload is encrypted in place in the record's own buffer.
+    pub fn encode(&self, payload: &[u8], seal: Option<(u32, &crate::seal::SecretKey)>) -> Bytes {
+        let strings = self.delivery_id.len()
+            + self.tenant_id.len()
+            + self.endpoint_id.len()
+            + self.idempotency_key.len()
+            + self.replay_of.map_or(0, str::len);
+        let sealed_len = crate::seal::SecretKey::sealed_len(payload.len());
+        let tail = match seal {
+            Some(_) => 4 + 4 + sealed_len,
+            None => payload.len(),
+        };
+        let mut b = BytesMut::with_capacity(1 + 8 + 8 + 8 + 5 * 4 + strings + tail);
+        b.put_u8(if seal.is_some() {
+            VERSION_SEALED
+        } else {
+            VERSION
+        });
         b.put_u64_le(self.seq);
-        put_str(&mut b, &self.delivery_id);
-        put_str(&mut b, &self.tenant_id);
-        put_str(&mut b, &self.endpoint_id);
+        put_str(&mut b, self.delivery_id);
+        put_str(&mut b, self.tenant_id);
+        put_str(&mut b, self.endpoint_id);
         b.put_u64_le(self.received_at_ms);
-        put_str(&mut b, &self.idempotency_key);
+        put_str(&mut b, self.idempotency_key);
         b.put_u64_le(self.body_hash);
-        put_str(&mut b, self.replay_of.as_deref().unwrap_or(""));
-        self.put_payload(&mut b);
+        put_str(&mut b, self.replay_of.unwrap_or(""));
+        match seal {
+            None => b.put_slice(payload),
+            Some((generation, key)) => {
+                assert!(generation > 0, "generation 0 means not sealed");
+                b.put_u32_le(generation);
+                b.put_u32_le(u32::try_from(sealed_len).expect("field longer than 4 GiB"));
+                key.seal_append(&mut b, payload, self.delivery_id.as_bytes());
+            }
+        }
         b.freeze()
+    }
+}
+
+impl Ingested {
+    fn head(&self) -> IngestedHead<'_> {
+        IngestedHead {
+            seq: self.seq,
+            delivery_id: &self.delivery_id,
+            tenant_id: &self.tenant_id,
+            endpoint_id: &self.endpoint_id,
+            received_at_ms: self.received_at_ms,
+            idempotency_key: &self.idempotency_key,
+            body_hash: self.body_hash,
+            replay_of: self.replay_of.as_deref(),
+        }
+    }
+
+    fn payload(&self) -> IngestPayload {
+        IngestPayload::encode(
+            self.headers.iter().map(|(n, v)| (n.as_str(), &v[..])),
+            &self.body,
+        )
+    }
+
+    pub fn encode(&self) -> Bytes {
+        self.head().encode(self.payload().as_bytes(), None)
     }
 
     /// Like [`Ingested::encode`], with headers and body sealed under `key` (generation `generation`
     /// of the tenant's data key), bound to the delivery id.
     pub fn encode_sealed(&self, generation: u32, key: &crate::seal::SecretKey) -> Bytes {
-        assert!(generation > 0, "generation 0 means not sealed");
-        let mut inner = BytesMut::with_capacity(16 + self.body.len() + 64 * self.headers.len());
-        self.put_payload(&mut inner);
-        let sealed = key.seal(&inner, self.delivery_id.as_bytes());
-        let mut b = BytesMut::with_capacity(160 + sealed.len());
-        b.put_u8(VERSION_SEALED);
-        b.put_u64_le(self.seq);
-        put_str(&mut b, &self.delivery_id);
-        put_str(&mut b, &self.tenant_id);
-        put_str(&mut b, &self.endpoint_id);
-        b.put_u64_le(self.received_at_ms);
-        put_str(&mut b, &self.idempotency_key);
-        b.put_u64_le(self.body_hash);
-        put_str(&mut b, self.replay_of.as_deref().unwrap_or(""));
-        b.put_u32_le(generation);
-        put_bytes(&mut b, &sealed);
-        b.freeze()
-    }
-
-    fn put_payload(&self, b: &mut BytesMut) {
-        assert!(self.headers.len() <= HEADERS_MAX);
-        b.put_u16_le(self.headers.len() as u16);
-        for (name, value) in &self.headers {
-            put_str(b, name);
-            put_bytes(b, value);
-        }
-        put_bytes(b, &self.body);
+        self.head()
+            .encode(self.payload().as_bytes(), Some((generation, key)))
     }
 
     fn get_payload(p: &mut Bytes) -> Result<(Vec<(String, Bytes)>, Bytes), DecodeError> {
@@ -445,6 +551,43 @@ mod tests {
         assert_eq!(d.body, r.body);
         assert_eq!(d.headers, r.headers);
         assert!(!d.is_sealed());
+    }
+
+    /// The bytes of a record written by an earlier release (before the payload was encoded on
+    /// the request's thread): the format on disk must not move.
+    #[test]
+    fn ingested_encoding_is_stable() {
+        let r = Ingested {
+            seq: 258,
+            delivery_id: "dl_1".into(),
+            tenant_id: "tn_x".into(),
+            endpoint_id: "ep_y".into(),
+            received_at_ms: 1_700_000_000_123,
+            idempotency_key: "evt_1".into(),
+            body_hash: 0x0102030405060708,
+            replay_of: Some("dl_0".into()),
+            headers: vec![
+                (
+                    "content-type".into(),
+                    Bytes::from_static(b"application/json"),
+                ),
+                ("x-a".into(), Bytes::new()),
+            ],
+            body: Bytes::from_static(b"{\"id\":\"evt_1\"}"),
+            key_generation: 0,
+            sealed: None,
+        };
+        let golden = concat!(
+            "01020100000000000004000000646c5f3104000000746e5f780400000065705f797b68e5cf8b01000005",
+            "0000006576745f31080706050403020104000000646c5f3002000c000000636f6e74656e742d74797065",
+            "100000006170706c69636174696f6e2f6a736f6e03000000782d61000000000e0000007b226964223a22",
+            "6576745f31227d",
+        );
+        assert_eq!(hex::encode(r.encode()), golden);
+        let payload = r.payload();
+        assert_eq!(payload.body(), &r.body[..]);
+        assert_eq!(payload.decode(), (r.headers.clone(), r.body.clone()));
+        assert_eq!(payload.body_hash(), crate::idempotency::body_hash(&r.body));
     }
 
     #[test]

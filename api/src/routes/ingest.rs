@@ -5,14 +5,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use hookrelay_engine::clock::now_ms;
+use hookrelay_engine::record::IngestPayload;
 use hookrelay_engine::shard::{IngestError, IngestOk, IngestRequest};
 use hookrelay_engine::verify::{self, VerifyError};
 use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::Incoming;
-use serde_json::json;
 
 use crate::app::{App, HttpResponse};
 use crate::body::{BodyError, read_limited};
@@ -106,20 +105,18 @@ async fn handle(
         verified.timestamp,
         now_s,
     );
-    let kept_headers: Vec<(String, Bytes)> = headers
+    // Headers and body are encoded into the record's payload format here, once, in one
+    // allocation: the owning shard (perhaps another thread) copies it into the log record.
+    let kept: Vec<(&str, &[u8])> = headers
         .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_string(),
-                Bytes::copy_from_slice(value.as_bytes()),
-            )
-        })
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
         .collect();
+    let payload = IngestPayload::encode(kept.iter().copied(), &body);
+    drop(kept);
     let request = IngestRequest {
         endpoint_id: endpoint.id.clone(),
         tenant_id: endpoint.tenant_id.clone(),
-        headers: kept_headers,
-        body,
+        payload,
         idempotency_key,
         received_at_ms: now,
         replay_of: None,
@@ -127,14 +124,22 @@ async fn handle(
     match app.shard.ingest(request).await {
         Ok(IngestOk::Accepted { delivery_id }) => json_response(
             202,
-            &json!({"delivery_id": delivery_id, "status": "queued", "duplicate": false}),
+            &Answer {
+                delivery_id: &delivery_id,
+                status: "queued",
+                duplicate: false,
+            },
         ),
         Ok(IngestOk::Duplicate {
             delivery_id,
             status,
         }) => json_response(
             200,
-            &json!({"delivery_id": delivery_id, "status": status.as_str(), "duplicate": true}),
+            &Answer {
+                delivery_id: &delivery_id,
+                status: status.as_str(),
+                duplicate: true,
+            },
         ),
         Err(IngestError::KeyReused) => Problem::new(
             Code::IdempotencyKeyReused,
@@ -145,6 +150,14 @@ async fn handle(
             .retry_after(1)
             .into_response(),
     }
+}
+
+/// The body of a 2xx ingest answer (CONTRACT.md), serialized straight from borrowed fields.
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    delivery_id: &'a str,
+    status: &'a str,
+    duplicate: bool,
 }
 
 /// 413, answered while a bounded drain of the rest of the body runs in the background, so a

@@ -2,9 +2,9 @@
 
 use std::rc::Rc;
 
-use crate::idempotency::{Hit, body_hash};
+use crate::idempotency::Hit;
 use crate::ids;
-use crate::record::{Ingested, Status, TYPE_INGESTED};
+use crate::record::{Ingested, IngestedHead, Status, TYPE_INGESTED};
 use crate::shard::core::{ShardCore, endpoint_tag};
 use crate::shard::scheduler::Entry;
 use crate::shard::{IngestError, IngestOk, IngestRequest};
@@ -26,7 +26,7 @@ impl ShardCore {
                 "this node is not the primary (fenced by a newer epoch)".into(),
             ));
         }
-        let hash = body_hash(&req.body);
+        let hash = req.payload.body_hash();
         let hit =
             self.idem
                 .borrow()
@@ -40,25 +40,24 @@ impl ShardCore {
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
         let delivery_id = ids::delivery_id(req.received_at_ms, self.id, seq);
-        let record = Ingested {
+        let head = IngestedHead {
             seq,
-            delivery_id: delivery_id.clone(),
-            tenant_id: req.tenant_id,
-            endpoint_id: req.endpoint_id,
+            delivery_id: &delivery_id,
+            tenant_id: &req.tenant_id,
+            endpoint_id: &req.endpoint_id,
             received_at_ms: req.received_at_ms,
-            idempotency_key: req.idempotency_key,
+            idempotency_key: &req.idempotency_key,
             body_hash: hash,
-            replay_of: req.replay_of,
-            headers: req.headers,
-            body: req.body,
-            key_generation: 0,
-            sealed: None,
+            replay_of: req.replay_of.as_deref(),
         };
         // Payloads are sealed under the tenant's data key (crypto-shredding on purge).
-        let encoded = match self.node.meta().load().data_keys.get(&record.tenant_id) {
-            Some((generation, key)) => record.encode_sealed(*generation, key),
-            None => record.encode(),
-        };
+        let meta = self.node.meta().load();
+        let seal = meta
+            .data_keys
+            .get(&req.tenant_id)
+            .map(|(generation, key)| (*generation, &**key));
+        let encoded = head.encode(req.payload.as_bytes(), seal);
+        drop(meta);
         // The index and the state table take the delivery before the log does: if either
         // cannot (a full disk while growing a file), nothing is appended and the sender gets a
         // 503 to retry — never an ACK whose duplicate could not be detected. No await from here
@@ -72,11 +71,11 @@ impl ShardCore {
         self.idem
             .borrow_mut()
             .insert(
-                &record.endpoint_id,
-                &record.idempotency_key,
+                &req.endpoint_id,
+                &req.idempotency_key,
                 hash,
                 offset,
-                record.received_at_ms,
+                req.received_at_ms,
             )
             .map_err(|e| refuse("idempotency index insert", &e))?;
         let slot = Slot {
@@ -86,7 +85,7 @@ impl ShardCore {
             status: Status::Queued,
             flags: 0,
             attempts: 0,
-            endpoint_tag: endpoint_tag(&record.endpoint_id),
+            endpoint_tag: endpoint_tag(&req.endpoint_id),
         };
         self.table
             .borrow_mut()
@@ -112,12 +111,8 @@ impl ShardCore {
         };
         self.sched
             .borrow_mut()
-            .admit(&record.endpoint_id, entry, None, crate::clock::mono_ms());
-        self.note_ingested(
-            &record.endpoint_id,
-            &record.tenant_id,
-            record.received_at_ms,
-        );
+            .admit(&req.endpoint_id, entry, None, crate::clock::mono_ms());
+        self.note_ingested(&req.endpoint_id, &req.tenant_id, req.received_at_ms);
         self.wake.notify_one();
         // With `replication.ack = "peer"` the sender hears 2xx only once the peer holds the
         // record too. On a timeout it gets a 503 and retries with the same idempotency key; the
@@ -184,20 +179,18 @@ impl ShardCore {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use crate::backoff::RetryPolicy;
     use crate::clock::now_ms;
     use crate::meta::{Endpoint, EndpointSecrets, MetaOp, Verification};
     use crate::node::{EngineConfig, Node};
+    use crate::record::IngestPayload;
     use crate::shard::{IngestError, IngestOk, IngestRequest, ShardCore};
 
     fn request(key: &str, received_at_ms: u64) -> IngestRequest {
         IngestRequest {
             endpoint_id: "ep_held".into(),
             tenant_id: "tn_t".into(),
-            headers: vec![],
-            body: Bytes::from(format!("body-{key}")),
+            payload: IngestPayload::encode([], format!("body-{key}").as_bytes()),
             idempotency_key: key.into(),
             received_at_ms,
             replay_of: None,

@@ -20,12 +20,11 @@ pub mod scheduler;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ids::{parse_delivery_id, shard_of};
 use crate::node::Node;
-use crate::record::Status;
+use crate::record::{IngestPayload, Status};
 
 pub use self::core::{ShardCore, endpoint_tag};
 pub use list::{DeliverySummary, ListQuery, ShardPage};
@@ -38,8 +37,8 @@ pub use query::DeliveryDetail;
 pub struct IngestRequest {
     pub endpoint_id: String,
     pub tenant_id: String,
-    pub headers: Vec<(String, Bytes)>,
-    pub body: Bytes,
+    /// Headers and body, encoded once where the request was read.
+    pub payload: IngestPayload,
     pub idempotency_key: String,
     pub received_at_ms: u64,
     pub replay_of: Option<String>,

@@ -21,6 +21,7 @@ use crate::backoff::RetryPolicy;
 use crate::ids::parse_delivery_id;
 use crate::meta::{Endpoint, EndpointSecrets, MetaOp, Verification};
 use crate::node::{EngineConfig, Node};
+use crate::record::IngestPayload;
 use crate::shard::{IngestOk, IngestRequest, endpoint_tag};
 
 const TENANT: &str = "tn_01JRETENTIONTESTTENANT0000";
@@ -127,11 +128,10 @@ async fn ingest(core: &Rc<ShardCore>, endpoint_id: &str, key: &str) -> (String, 
         .ingest(IngestRequest {
             endpoint_id: endpoint_id.into(),
             tenant_id: TENANT.into(),
-            headers: vec![(
-                "content-type".into(),
-                Bytes::from_static(b"application/json"),
-            )],
-            body: Bytes::from(format!("{{\"key\":\"{key}\"}}")),
+            payload: IngestPayload::encode(
+                [("content-type", &b"application/json"[..])],
+                format!("{{\"key\":\"{key}\"}}").as_bytes(),
+            ),
             idempotency_key: key.into(),
             received_at_ms: now_ms(),
             replay_of: None,
