@@ -82,6 +82,16 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, app: 
 
 /// Dispatches a request to its handler by method and path.
 pub async fn route(app: &Rc<App>, peer: SocketAddr, req: Request<Incoming>) -> HttpResponse {
+    // The hot path first, without copying the path: `POST /ingest/{endpoint_id}`.
+    if req.method() == Method::POST
+        && let Some(endpoint_id) = req.uri().path().strip_prefix("/ingest/")
+        && !endpoint_id.is_empty()
+        && !endpoint_id.contains('/')
+    {
+        let uri = req.uri().clone();
+        let endpoint_id = &uri.path()["/ingest/".len()..];
+        return routes::ingest::ingest(app, peer, endpoint_id, req).await;
+    }
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();

@@ -136,12 +136,11 @@ impl IngestPayload {
     /// Encodes `headers` (at most [`HEADERS_MAX`]) and `body`.
     pub fn encode<'a, I>(headers: I, body: &[u8]) -> IngestPayload
     where
-        I: IntoIterator<Item = (&'a str, &'a [u8])>,
-        I::IntoIter: Clone,
+        I: IntoIterator<Item = (&'a str, &'a [u8])> + Clone,
     {
-        let headers = headers.into_iter();
         let (count, header_bytes) = headers
             .clone()
+            .into_iter()
             .fold((0usize, 0usize), |(n, bytes), (name, value)| {
                 (n + 1, bytes + 8 + name.len() + value.len())
             });

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hookrelay_engine::clock::now_ms;
 use hookrelay_engine::record::IngestPayload;
 use hookrelay_engine::shard::{IngestError, IngestOk, IngestRequest};
@@ -15,7 +16,7 @@ use hyper::body::Incoming;
 
 use crate::app::{App, HttpResponse};
 use crate::body::{BodyError, read_limited};
-use crate::problem::{Code, Problem, json_response};
+use crate::problem::{Code, Problem};
 
 /// After a 413, how much more of the body is read and thrown away so the client, still
 /// sending, gets the answer instead of a connection reset.
@@ -107,12 +108,7 @@ async fn handle(
     );
     // Headers and body are encoded into the record's payload format here, once, in one
     // allocation: the owning shard (perhaps another thread) copies it into the log record.
-    let kept: Vec<(&str, &[u8])> = headers
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_bytes()))
-        .collect();
-    let payload = IngestPayload::encode(kept.iter().copied(), &body);
-    drop(kept);
+    let payload = IngestPayload::encode(HeaderPairs(headers), &body);
     let request = IngestRequest {
         endpoint_id: endpoint.id.clone(),
         tenant_id: endpoint.tenant_id.clone(),
@@ -122,25 +118,11 @@ async fn handle(
         replay_of: None,
     };
     match app.shard.ingest(request).await {
-        Ok(IngestOk::Accepted { delivery_id }) => json_response(
-            202,
-            &Answer {
-                delivery_id: &delivery_id,
-                status: "queued",
-                duplicate: false,
-            },
-        ),
+        Ok(IngestOk::Accepted { delivery_id }) => answer(202, &delivery_id, "queued", false),
         Ok(IngestOk::Duplicate {
             delivery_id,
             status,
-        }) => json_response(
-            200,
-            &Answer {
-                delivery_id: &delivery_id,
-                status: status.as_str(),
-                duplicate: true,
-            },
-        ),
+        }) => answer(200, &delivery_id, status.as_str(), true),
         Err(IngestError::KeyReused) => Problem::new(
             Code::IdempotencyKeyReused,
             "this idempotency key was used for a different body in the last 7 days",
@@ -152,12 +134,61 @@ async fn handle(
     }
 }
 
-/// The body of a 2xx ingest answer (CONTRACT.md), serialized straight from borrowed fields.
-#[derive(serde::Serialize)]
-struct Answer<'a> {
-    delivery_id: &'a str,
-    status: &'a str,
-    duplicate: bool,
+/// A request's headers as (name, value) pairs, in arrival order; `Copy`, so the payload encoder
+/// can walk them twice (sizes, then bytes) without collecting them first.
+#[derive(Clone, Copy)]
+struct HeaderPairs<'a>(&'a hyper::HeaderMap);
+
+impl<'a> IntoIterator for HeaderPairs<'a> {
+    type Item = (&'a str, &'a [u8]);
+    type IntoIter = std::iter::Map<
+        hyper::header::Iter<'a, hyper::header::HeaderValue>,
+        fn(
+            (
+                &'a hyper::header::HeaderName,
+                &'a hyper::header::HeaderValue,
+            ),
+        ) -> (&'a str, &'a [u8]),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+    }
+}
+
+/// A 2xx ingest answer (CONTRACT.md): `{"delivery_id":…,"status":…,"duplicate":…}`, written
+/// into a buffer of its exact size (the body then becomes `Bytes` without another
+/// allocation). Both strings are the engine's own (a delivery id, a status name): nothing to
+/// escape, which the debug assertion checks.
+fn answer(code: u16, delivery_id: &str, status: &str, duplicate: bool) -> HttpResponse {
+    debug_assert!(
+        [delivery_id, status]
+            .iter()
+            .all(|s| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')),
+        "{delivery_id:?} / {status:?} would need JSON escaping"
+    );
+    let parts: [&str; 7] = [
+        "{\"delivery_id\":\"",
+        delivery_id,
+        "\",\"status\":\"",
+        status,
+        "\",\"duplicate\":",
+        if duplicate { "true" } else { "false" },
+        "}",
+    ];
+    let mut body = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        body.extend_from_slice(part.as_bytes());
+    }
+    let mut response = hyper::Response::new(http_body_util::Full::new(Bytes::from(body)));
+    *response.status_mut() = hyper::StatusCode::from_u16(code).expect("a 2xx status");
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// 413, answered while a bounded drain of the rest of the body runs in the background, so a

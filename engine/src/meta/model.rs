@@ -92,19 +92,33 @@ pub struct Endpoint {
     pub created_at: String,
 }
 
+/// The verification secrets valid at one instant (one or two), without a heap allocation on
+/// the ingest path; derefs to a slice.
+#[derive(Debug, Clone, Copy)]
+pub struct VerificationSecrets<'a>([&'a [u8]; 2], usize);
+
+impl<'a> std::ops::Deref for VerificationSecrets<'a> {
+    type Target = [&'a [u8]];
+
+    fn deref(&self) -> &[&'a [u8]] {
+        &self.0[..self.1]
+    }
+}
+
 impl Endpoint {
     /// Verification secrets valid at `now_ms`: the current one, then the previous one while its
     /// rotation window lasts.
-    pub fn verification_secrets(&self, now_ms: u64) -> Vec<&[u8]> {
-        let mut out = vec![self.verification.secret.as_bytes()];
-        if let (Some(prev), Some(until)) = (
+    pub fn verification_secrets(&self, now_ms: u64) -> VerificationSecrets<'_> {
+        let current = self.verification.secret.as_bytes();
+        match (
             &self.verification.previous_secret,
             self.verification.previous_valid_until_ms,
-        ) && now_ms < until
-        {
-            out.push(prev.as_bytes());
+        ) {
+            (Some(prev), Some(until)) if now_ms < until => {
+                VerificationSecrets([current, prev.as_bytes()], 2)
+            }
+            _ => VerificationSecrets([current, &[]], 1),
         }
-        out
     }
 
     /// Signing secrets valid at `now_ms`, current first.
