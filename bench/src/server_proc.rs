@@ -263,6 +263,31 @@ impl Drop for ServerProc {
     }
 }
 
+/// CPU time (user + system, every thread) the process `pid` has used so far, in seconds, from
+/// `/proc/<pid>/stat`. `None` when the process is gone or the file does not parse.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat).map(|ticks| ticks as f64 / clock_ticks_per_second())
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2)
+/// is in parentheses and may itself hold spaces and parentheses: fields are counted after the
+/// last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3 (the state): utime is the 12th field of it, stime the 13th.
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the system; it has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
 /// Resident memory from /proc/<pid>/status, in KiB: VmRSS and its anonymous (heap, stacks) and
 /// file-backed (mapped files, e.g. mmapped log segments) parts.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -332,5 +357,20 @@ mod tests {
         let own = std::fs::read_to_string("/proc/self/status").unwrap();
         assert!(Rss::parse(&own).unwrap().total_kib > 0);
         assert!(Rss::parse("Name: x\n").is_none());
+    }
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        // A command name with spaces and a parenthesis must not shift the fields.
+        let line = "4242 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 111 222 13 14 20 0 1 0";
+        assert_eq!(parse_cpu_ticks(line), Some(333));
+        assert_eq!(parse_cpu_ticks("4242 (x) S 1 2"), None);
+        // This very process has used some CPU by now, and the reading only grows.
+        let before = cpu_seconds(std::process::id()).unwrap();
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {
+            std::hint::black_box(0u64);
+        }
+        assert!(cpu_seconds(std::process::id()).unwrap() >= before);
     }
 }

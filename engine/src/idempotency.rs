@@ -433,18 +433,6 @@ impl Table {
     fn over_load(&self) -> bool {
         (self.len + 1) * 100 > self.capacity * MAX_LOAD_PERCENT
     }
-
-    fn flush(&mut self) -> Result<(), Error> {
-        if self.dirty {
-            self.map.flush().map_err(|source| Error::Io {
-                path: self.path.clone(),
-                op: "msync table",
-                source,
-            })?;
-            self.dirty = false;
-        }
-        Ok(())
-    }
 }
 
 /// The tables of one time bucket, oldest first.
@@ -711,27 +699,70 @@ impl IdempotencyIndex {
         Ok(expired.len())
     }
 
-    /// Makes every insert so far durable (`msync` of the changed tables) and records that the
-    /// index holds every log record before `log_offset`. Offsets only grow.
+    /// Makes the index durable as of `log_offset` (see [`IdempotencyIndex::prepare_checkpoint`]),
+    /// all on the calling thread: for recovery and shutdown, where blocking is fine.
+    pub fn checkpoint(&mut self, log_offset: u64) -> Result<(), Error> {
+        let job = self.prepare_checkpoint(log_offset);
+        let done = job.run();
+        self.finish_checkpoint(done)
+    }
+
+    /// The quick half of a checkpoint, on the thread that owns the index: which tables were
+    /// written since the last checkpoint (their dirty marks are cleared), and the offset to
+    /// record. [`CheckpointJob::run`] does the slow half — fdatasync of those table files, then
+    /// the meta file — on any thread (the shard runs it on the blocking pool, so a checkpoint of
+    /// tens of MiB of dirty slots never stalls ingest); hand its result to
+    /// [`IdempotencyIndex::finish_checkpoint`]. Every record before `log_offset` must have been
+    /// inserted before this call.
     ///
-    /// Blocks for the dirty pages and two fsyncs: run it on the checkpoint path.
+    /// fdatasync of the file writes the pages dirtied through the shared mapping: on Linux,
+    /// `msync(MS_SYNC)` is itself an fsync of the file's range, and dirty pages of shared
+    /// mappings are tracked in the page cache.
     ///
     /// # Panics
     /// When `log_offset` is lower than [`indexed_through`](Self::indexed_through).
-    pub fn checkpoint(&mut self, log_offset: u64) -> Result<(), Error> {
+    pub fn prepare_checkpoint(&mut self, log_offset: u64) -> CheckpointJob {
         assert!(
             log_offset >= self.indexed_through,
             "checkpoint offset went back from {} to {log_offset}",
             self.indexed_through
         );
+        let mut tables = Vec::new();
         for bucket in self.buckets.values_mut() {
             for table in &mut bucket.tables {
-                table.flush()?;
+                if std::mem::take(&mut table.dirty) {
+                    tables.push(table.path.clone());
+                }
             }
         }
-        write_meta(&self.dir, self.options.bucket_width_ms, log_offset)?;
-        self.indexed_through = log_offset;
-        Ok(())
+        CheckpointJob {
+            dir: self.dir.clone(),
+            width_ms: self.options.bucket_width_ms,
+            log_offset,
+            tables,
+        }
+    }
+
+    /// Records a finished [`CheckpointJob`]: on success the index is durable through its offset
+    /// (never moving back, should an older job finish after a newer one); on failure its
+    /// tables are marked dirty again, for the next checkpoint.
+    pub fn finish_checkpoint(&mut self, done: Result<u64, CheckpointFailed>) -> Result<(), Error> {
+        match done {
+            Ok(offset) => {
+                self.indexed_through = self.indexed_through.max(offset);
+                Ok(())
+            }
+            Err(failed) => {
+                for bucket in self.buckets.values_mut() {
+                    for table in &mut bucket.tables {
+                        if failed.tables.contains(&table.path) {
+                            table.dirty = true;
+                        }
+                    }
+                }
+                Err(failed.error)
+            }
+        }
     }
 
     /// The log offset from which recovery must re-insert records (every record before it is in
@@ -802,6 +833,49 @@ fn decode_meta(bytes: &[u8]) -> Result<(u64, u64), String> {
 }
 
 /// Replaces the meta file atomically: write a temporary file, fsync, rename, fsync the directory.
+/// The slow half of a checkpoint (see [`IdempotencyIndex::prepare_checkpoint`]): owns only
+/// paths, so it can run on any thread.
+#[derive(Debug)]
+#[must_use = "a checkpoint job does nothing until it is run and finished"]
+pub struct CheckpointJob {
+    dir: PathBuf,
+    width_ms: u64,
+    log_offset: u64,
+    tables: Vec<PathBuf>,
+}
+
+/// A [`CheckpointJob`] that failed, with the tables to flush again.
+#[derive(Debug)]
+pub struct CheckpointFailed {
+    pub error: Error,
+    tables: Vec<PathBuf>,
+}
+
+impl CheckpointJob {
+    /// fdatasyncs the tables written since the last checkpoint, then writes and fsyncs the meta
+    /// file with the job's offset. A table deleted meanwhile (its bucket expired) needs no
+    /// flush. Blocks for as long as the dirty pages take.
+    pub fn run(self) -> Result<u64, CheckpointFailed> {
+        let result = self.tables.iter().try_for_each(|path| {
+            match File::open(path).and_then(|f| f.sync_data()) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other.map_err(|source| Error::Io {
+                    path: path.clone(),
+                    op: "fdatasync table",
+                    source,
+                }),
+            }
+        });
+        match result.and_then(|()| write_meta(&self.dir, self.width_ms, self.log_offset)) {
+            Ok(()) => Ok(self.log_offset),
+            Err(error) => Err(CheckpointFailed {
+                error,
+                tables: self.tables,
+            }),
+        }
+    }
+}
+
 fn write_meta(dir: &Path, width_ms: u64, indexed_through: u64) -> Result<(), Error> {
     let path = dir.join(META_FILE);
     let tmp = dir.join(format!("{META_FILE}{TMP_SUFFIX}"));
@@ -950,6 +1024,51 @@ mod tests {
         // A replayed insert into the dropped bucket does not bring it back.
         index.insert("ep", "old", 1, 1, 1_999).unwrap();
         assert_eq!(index.bucket_count(), 1);
+    }
+
+    /// The split checkpoint the shard runs (quick half on its thread, flushes elsewhere): a
+    /// failed job leaves its tables dirty for the next one, and an older job finishing late
+    /// never moves `indexed_through` back.
+    #[test]
+    fn split_checkpoints_retry_failures_and_never_go_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        index.insert("ep", "a", 7, 100, 1_000).unwrap();
+        let first = index.prepare_checkpoint(101);
+        assert_eq!(first.tables.len(), 1, "the written table is in the job");
+        // Nothing written since: the next job has no table to flush.
+        let empty = index.prepare_checkpoint(101);
+        assert!(empty.tables.is_empty());
+
+        // A job that cannot write the meta file fails and gives its tables back.
+        let broken = CheckpointJob {
+            dir: dir.path().join("gone"),
+            ..first
+        };
+        assert!(index.finish_checkpoint(broken.run()).is_err());
+        assert_eq!(index.indexed_through(), 0);
+        let retry = index.prepare_checkpoint(101);
+        assert_eq!(
+            retry.tables.len(),
+            1,
+            "the failed job's table is dirty again"
+        );
+        index.finish_checkpoint(retry.run()).unwrap();
+        assert_eq!(index.indexed_through(), 101);
+
+        index.insert("ep", "b", 7, 200, 1_000).unwrap();
+        let newer = index.prepare_checkpoint(201);
+        index.finish_checkpoint(newer.run()).unwrap();
+        index.finish_checkpoint(Ok(101)).unwrap();
+        assert_eq!(
+            index.indexed_through(),
+            201,
+            "a late, older job does not go back"
+        );
+        drop(index);
+        let index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        assert_eq!(index.indexed_through(), 201);
+        assert_eq!(index.lookup("ep", "b", 1_000).map(|h| h.offset), Some(200));
     }
 
     #[test]

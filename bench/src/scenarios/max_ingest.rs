@@ -12,6 +12,11 @@
 //! and credited with its best: an fsync-bound server needs many connections in flight (with
 //! group commit, a closed loop's throughput is connections / ACK latency), while the null
 //! server does best with fewer.
+//!
+//! Each run also reports the server's CPU time per answered request (`/proc/<pid>/stat`, user +
+//! system over the measured window): requests/s on a shared 2-core machine move by ±20 % from
+//! one run to the next, CPU per request by a few percent, so it is the figure to compare builds
+//! with.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -24,7 +29,7 @@ use super::{Bed, BedOptions, Common, emit, load_config, ms, run_load};
 use crate::load::{LoadResult, Pace};
 use crate::mgmt::EndpointInfo;
 use crate::report::{Row, Verdict};
-use crate::server_proc::free_port;
+use crate::server_proc::{cpu_seconds, free_port};
 
 /// Ratio to the null server that passes.
 const RATIO_MIN: f64 = 0.5;
@@ -63,20 +68,46 @@ pub async fn run(a: MaxIngestArgs) -> anyhow::Result<Verdict> {
 /// The best of a sweep over connection counts, and every run's figures.
 struct Sweep {
     best: LoadResult,
+    /// The server's CPU time per answered request during the best run (µs), when measured.
+    best_cpu_us: Option<f64>,
     runs: Vec<serde_json::Value>,
+}
+
+/// The server's CPU seconds from `/proc/<pid>/stat` at the end of the warm-up and at the end of
+/// the run, per request answered in between: a figure that, unlike requests/s, hardly moves
+/// with what else the shared machine is doing.
+async fn cpu_per_request_us(
+    pid: Option<u32>,
+    warmup: Duration,
+    load: impl std::future::Future<Output = anyhow::Result<LoadResult>>,
+) -> anyhow::Result<(LoadResult, Option<f64>)> {
+    let sample = async {
+        tokio::time::sleep(warmup).await;
+        pid.and_then(cpu_seconds)
+    };
+    let (result, start) = tokio::join!(load, sample);
+    let result = result?;
+    let end = pid.and_then(cpu_seconds);
+    let answered = result.ok() + result.failed();
+    let per_request = match (start, end) {
+        (Some(s), Some(e)) if answered > 0 => Some((e - s) * 1e6 / answered as f64),
+        _ => None,
+    };
+    Ok((result, per_request))
 }
 
 /// Runs the same closed loop against `addr` with each connection count.
 async fn sweep(
     a: &MaxIngestArgs,
     who: &str,
+    pid: Option<u32>,
     addr: SocketAddr,
     endpoints: &[EndpointInfo],
     duration: Duration,
     warmup: Duration,
 ) -> anyhow::Result<Sweep> {
     let c = &a.common;
-    let mut best: Option<LoadResult> = None;
+    let mut best: Option<(LoadResult, Option<f64>)> = None;
     let mut runs = Vec::new();
     for &conns in &a.connections {
         let factory = super::factory_for(addr, c.mode, endpoints, c.body_bytes)?;
@@ -87,15 +118,23 @@ async fn sweep(
             "max-ingest: {who}, closed loop, {conns} connections, {} s",
             duration.as_secs()
         );
-        let r = run_load(cfg).await?;
+        let (r, cpu_us) = cpu_per_request_us(pid, warmup, run_load(cfg)).await?;
         eprintln!("{}", r.describe());
-        runs.push(json!({"connections": conns, "ok_per_s": r.ok_per_s(), "ack": r.ack.summary(), "errors": r.errors_line()}));
-        if best.as_ref().is_none_or(|b| r.ok_per_s() > b.ok_per_s()) {
-            best = Some(r);
+        runs.push(json!({"connections": conns, "ok_per_s": r.ok_per_s(), "ack": r.ack.summary(), "errors": r.errors_line(), "server_cpu_us_per_request": cpu_us}));
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| r.ok_per_s() > b.ok_per_s())
+        {
+            best = Some((r, cpu_us));
         }
     }
-    let best = best.ok_or_else(|| anyhow::anyhow!("--connections lists no count"))?;
-    Ok(Sweep { best, runs })
+    let (best, best_cpu_us) =
+        best.ok_or_else(|| anyhow::anyhow!("--connections lists no count"))?;
+    Ok(Sweep {
+        best,
+        best_cpu_us,
+        runs,
+    })
 }
 
 pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
@@ -111,6 +150,7 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
     let hr = sweep(
         a,
         "hookrelay",
+        bed.server.pid(),
         bed.server.addr(),
         &endpoints,
         duration,
@@ -136,18 +176,23 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
         Some(r) => Verdict::from_bool(r >= RATIO_MIN && failed_fraction <= FAILED_FRACTION_MAX),
         None => Verdict::Info,
     };
+    let cpu_text = |us: Option<f64>| {
+        us.map(|us| format!(", {us:.1} µs server CPU/request"))
+            .unwrap_or_default()
+    };
     let null_text = match &null {
         Some(n) => format!(
-            "; null server {:.0}/s ({} conns, p99 {} ms) → ratio {:.2}",
+            "; null server {:.0}/s ({} conns, p99 {} ms{}) → ratio {:.2}",
             n.best.ok_per_s(),
             n.best.connections,
             ms(n.best.ack.summary().p99_ms),
+            cpu_text(n.best_cpu_us),
             ratio.unwrap_or(0.0)
         ),
         None => String::new(),
     };
     let null_json = null.as_ref().map(
-        |n| json!({"best_ok_per_s": n.best.ok_per_s(), "runs": n.runs, "threads": a.null_threads}),
+        |n| json!({"best_ok_per_s": n.best.ok_per_s(), "server_cpu_us_per_request": n.best_cpu_us, "runs": n.runs, "threads": a.null_threads}),
     );
     Ok(Row {
         scenario: if c.smoke {
@@ -172,12 +217,13 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
             }
         ),
         result: format!(
-            "{:.0} ACKs/s ({} conns, p50 {} / p99 {} ms, failed {}){null_text}",
+            "{:.0} ACKs/s ({} conns, p50 {} / p99 {} ms, failed {}{}){null_text}",
             h.ok_per_s(),
             h.connections,
             ms(hs.p50_ms),
             ms(hs.p99_ms),
-            h.errors_line()
+            h.errors_line(),
+            cpu_text(hr.best_cpu_us)
         ),
         target: "≥ 0.5 × null server (aim 0.67)".into(),
         verdict,
@@ -185,7 +231,7 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
             "duration_s": duration.as_secs(),
             "warmup_s": warmup.as_secs(),
             "delivery": a.with_delivery,
-            "hookrelay": {"best_ok_per_s": h.ok_per_s(), "best_connections": h.connections, "ack": hs, "errors": h.errors_line(), "runs": hr.runs},
+            "hookrelay": {"best_ok_per_s": h.ok_per_s(), "best_connections": h.connections, "ack": hs, "errors": h.errors_line(), "server_cpu_us_per_request": hr.best_cpu_us, "runs": hr.runs},
             "null_server": null_json,
             "ratio": ratio,
         }),
@@ -226,7 +272,8 @@ async fn against_null(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = sweep(a, "null server", addr, endpoints, duration, warmup).await;
+    let pid = Some(child.0.id());
+    let r = sweep(a, "null server", pid, addr, endpoints, duration, warmup).await;
     drop(child);
     r
 }

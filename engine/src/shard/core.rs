@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 
 use crate::clock::{mono_ms, wall_to_mono};
 use crate::delivery::client::{ClientOptions, DeliveryClient};
-use crate::idempotency::{IdempotencyIndex, IndexOptions};
+use crate::idempotency::{CheckpointFailed, CheckpointJob, IdempotencyIndex, IndexOptions};
 use crate::ids::now_ms;
 use crate::node::Node;
 use crate::shard::scheduler::{Entry, Limits, Scheduler};
@@ -90,6 +90,8 @@ pub struct ShardCore {
     /// Set when this incarnation of the shard is replaced (after a poisoned log); its leftover
     /// tasks stop at their next step.
     pub(crate) retired: Cell<bool>,
+    /// A checkpoint's flushes are running on the blocking pool ([`ShardCore::maintain`]).
+    pub(crate) checkpointing: Cell<bool>,
     /// Delivery metrics and usage (`metrics.rs`, [`crate::metrics`]).
     pub(crate) metrics: RefCell<crate::metrics::ShardMetrics>,
     /// Retention of deliveries: the lowest live seq and pass progress (`retention.rs`).
@@ -164,6 +166,7 @@ impl ShardCore {
             dead_letters: RefCell::new(super::dead_letter::Backlog::new(id, dlq)),
             attempts_running: Cell::new(0),
             retired: Cell::new(false),
+            checkpointing: Cell::new(false),
             metrics: RefCell::new(crate::metrics::ShardMetrics::new(
                 crate::metrics::usage::Usage::open(&dir.join("usage.json")),
             )),
@@ -287,30 +290,79 @@ impl ShardCore {
         if let Err(e) = self.log.close().await {
             tracing::error!(shard = self.id, error = %e, "closing the log failed");
         }
-        self.maintain(now_ms());
+        self.maintain_blocking(now_ms());
         tracing::info!(shard = self.id, "shard stopped");
     }
 
     /// Periodic upkeep: a recovery after a crash replays the idempotency index only from the
     /// last checkpoint, and expired day buckets are deleted whole; a retention pass deletes
-    /// expired log segments (on its own task).
+    /// expired log segments (on its own task). The checkpoint's flushes (tens of MiB of dirty
+    /// index slots after a busy minute) run on the blocking pool, so ingest never waits for
+    /// them; one checkpoint at a time.
     fn maintain(self: &Rc<Self>, now: u64) {
         self.start_retention(now);
-        let mut idem = self.idem.borrow_mut();
-        match idem.expire(now) {
+        self.expire_idempotency(now);
+        if self.checkpointing.replace(true) {
+            return;
+        }
+        let (job, flush_table) = self.prepare_checkpoint();
+        let core = self.clone();
+        tokio::task::spawn_local(async move {
+            let done = tokio::task::spawn_blocking(move || {
+                let table = flush_table();
+                (job.map(|j| j.run()), table)
+            })
+            .await;
+            match done {
+                Ok((index, table)) => core.finish_checkpoint(index, table),
+                Err(e) => tracing::warn!(shard = core.id, error = %e, "checkpoint task failed"),
+            }
+            core.checkpointing.set(false);
+        });
+    }
+
+    /// [`ShardCore::maintain`] on this thread, waiting for the flushes: at shutdown.
+    fn maintain_blocking(self: &Rc<Self>, now: u64) {
+        self.expire_idempotency(now);
+        let (job, flush_table) = self.prepare_checkpoint();
+        self.finish_checkpoint(job.map(|j| j.run()), flush_table());
+    }
+
+    fn expire_idempotency(&self, now: u64) {
+        match self.idem.borrow_mut().expire(now) {
             Ok(0) => {}
             Ok(n) => tracing::info!(shard = self.id, buckets = n, "expired idempotency buckets"),
             Err(e) => tracing::warn!(shard = self.id, error = %e, "idempotency expiry failed"),
         }
-        // Every durable record was indexed at append time, before its fsync.
+    }
+
+    /// The checkpoint's quick half: the index job, if the log moved since the last checkpoint
+    /// (every durable record was indexed at append time, before its fsync), and the state
+    /// table's flush.
+    #[allow(clippy::type_complexity)]
+    fn prepare_checkpoint(
+        &self,
+    ) -> (
+        Option<CheckpointJob>,
+        impl FnOnce() -> Result<(), crate::state_table::Error> + Send + use<>,
+    ) {
         let through = self.log.durable_offset();
-        if through > idem.indexed_through()
-            && let Err(e) = idem.checkpoint(through)
+        let mut idem = self.idem.borrow_mut();
+        let job = (through > idem.indexed_through()).then(|| idem.prepare_checkpoint(through));
+        (job, self.table.borrow().flush_job())
+    }
+
+    fn finish_checkpoint(
+        &self,
+        index: Option<Result<u64, CheckpointFailed>>,
+        table: Result<(), crate::state_table::Error>,
+    ) {
+        if let Some(done) = index
+            && let Err(e) = self.idem.borrow_mut().finish_checkpoint(done)
         {
             tracing::warn!(shard = self.id, error = %e, "idempotency checkpoint failed");
         }
-        drop(idem);
-        if let Err(e) = self.table.borrow().flush() {
+        if let Err(e) = table {
             tracing::warn!(shard = self.id, error = %e, "state table flush failed");
         }
         self.release_memory();
