@@ -177,6 +177,7 @@ impl IngestPayload {
     }
 
     /// The headers and the body back.
+    #[cfg(test)]
     pub fn decode(&self) -> (Vec<(String, Bytes)>, Bytes) {
         Ingested::get_payload(&mut self.bytes.clone())
             .expect("an IngestPayload is well formed by construction")
@@ -239,6 +240,9 @@ impl IngestedHead<'_> {
     }
 }
 
+/// The whole-record encoders, for tests: the ingest path encodes an [`IngestedHead`] around the
+/// [`IngestPayload`] it built on the request's thread instead.
+#[cfg(test)]
 impl Ingested {
     fn head(&self) -> IngestedHead<'_> {
         IngestedHead {
@@ -270,7 +274,9 @@ impl Ingested {
         self.head()
             .encode(self.payload().as_bytes(), Some((generation, key)))
     }
+}
 
+impl Ingested {
     fn get_payload(p: &mut Bytes) -> Result<(Vec<(String, Bytes)>, Bytes), DecodeError> {
         let count = get_u16(p)? as usize;
         if count > HEADERS_MAX {

@@ -266,14 +266,10 @@ impl StateTable {
         self.capacity
     }
 
-    /// Writes the mapping back to disk and waits for it (`msync`). Blocks the calling thread for
-    /// as long as the dirty pages take: call it from the checkpoint path, not per delivery.
+    /// Writes the mapping back to disk and waits for it. Blocks the calling thread for as long
+    /// as the dirty pages take: call it from the checkpoint path, not per delivery.
     pub fn flush(&self) -> Result<(), Error> {
-        self.map.flush().map_err(|source| Error::Io {
-            path: self.path.clone(),
-            op: "msync",
-            source,
-        })
+        self.flush_job()()
     }
 
     /// [`StateTable::flush`] as a closure for another thread: an fdatasync of the table's file,

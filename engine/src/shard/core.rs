@@ -19,7 +19,7 @@ const DISPATCH_BATCH_MAX: usize = 1024;
 /// Longest the event loop sleeps without looking at the clock (clock jumps, refills).
 const IDLE_TICK: Duration = Duration::from_millis(500);
 /// How often the shard checkpoints its idempotency index, flushes its state table and drops
-/// expired idempotency buckets. Each is a few msyncs on this thread: bounded, and rare.
+/// expired idempotency buckets. The flushes run on the blocking pool (see `maintain`).
 const MAINTENANCE_EVERY_MS: u64 = 60_000;
 /// How often the shard gives back the resident pages of its memory maps (log, state table,
 /// index). Resident memory then holds at most this long's worth of touched pages, whatever the
@@ -305,12 +305,12 @@ impl ShardCore {
         if self.checkpointing.replace(true) {
             return;
         }
-        let (job, flush_table) = self.prepare_checkpoint();
+        let (job, flush_table) = self.prepare_checkpoint(self.log.durable_offset());
         let core = self.clone();
         tokio::task::spawn_local(async move {
             let done = tokio::task::spawn_blocking(move || {
                 let table = flush_table();
-                (job.map(|j| j.run()), table)
+                (job.map(CheckpointJob::run), table)
             })
             .await;
             match done {
@@ -324,8 +324,14 @@ impl ShardCore {
     /// [`ShardCore::maintain`] on this thread, waiting for the flushes: at shutdown.
     fn maintain_blocking(self: &Rc<Self>, now: u64) {
         self.expire_idempotency(now);
-        let (job, flush_table) = self.prepare_checkpoint();
-        self.finish_checkpoint(job.map(|j| j.run()), flush_table());
+        self.checkpoint_blocking(self.log.durable_offset());
+    }
+
+    /// A whole checkpoint through log offset `through`, flushes included, on this thread:
+    /// after recovery and at shutdown, where blocking is fine.
+    pub(crate) fn checkpoint_blocking(&self, through: u64) {
+        let (job, flush_table) = self.prepare_checkpoint(through);
+        self.finish_checkpoint(job.map(CheckpointJob::run), flush_table());
     }
 
     fn expire_idempotency(&self, now: u64) {
@@ -336,17 +342,17 @@ impl ShardCore {
         }
     }
 
-    /// The checkpoint's quick half: the index job, if the log moved since the last checkpoint
-    /// (every durable record was indexed at append time, before its fsync), and the state
-    /// table's flush.
+    /// The checkpoint's quick half: the index job, if `through` passed the last checkpoint
+    /// (every record before it must be indexed: durable records were indexed at append time,
+    /// before their fsync), and the state table's flush.
     #[allow(clippy::type_complexity)]
     fn prepare_checkpoint(
         &self,
+        through: u64,
     ) -> (
         Option<CheckpointJob>,
         impl FnOnce() -> Result<(), crate::state_table::Error> + Send + use<>,
     ) {
-        let through = self.log.durable_offset();
         let mut idem = self.idem.borrow_mut();
         let job = (through > idem.indexed_through()).then(|| idem.prepare_checkpoint(through));
         (job, self.table.borrow().flush_job())

@@ -109,19 +109,10 @@ impl ShardCore {
         // Retention deletes from the bottom: the first ingest record left is the lowest live seq.
         self.retention.recovered(lo);
         let (queued, dead_letters) = self.requeue(lo, hi).await;
-        // A torn tail may have cut records the index had already seen: never move back.
-        let through = self.log.next_offset();
-        if through > self.idem.borrow().indexed_through()
-            && let Err(e) = self.idem.borrow_mut().checkpoint(through)
-        {
-            tracing::warn!(shard = self.id, error = %e, "idempotency checkpoint failed");
-        }
-        if let Err(e) = self.table.borrow().flush() {
-            tracing::warn!(shard = self.id, error = %e, "state table flush failed");
-        }
-        // Recovery touched every page of the log, the table and the index: give them back so
-        // resident memory does not grow with history.
-        self.release_memory();
+        // A torn tail may have cut records the index had already seen: the checkpoint never
+        // moves back. It also gives back the pages recovery touched (every page of the log,
+        // the table and the index), so resident memory does not grow with history.
+        self.checkpoint_blocking(self.log.next_offset());
         tracing::info!(
             shard = self.id,
             records,
