@@ -5,7 +5,6 @@
 //! number (u64) and the delivery id (u32 length + bytes).
 
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -42,7 +41,9 @@ pub struct Scan {
     pub frames: Vec<Frame>,
     /// End of the last valid frame.
     pub valid_end: u64,
-    pub file_len: u64,
+    /// End of the last non-zero byte at or after `valid_end`: past it, only the zeros the log
+    /// preallocates ahead of its data.
+    pub data_end: u64,
 }
 
 /// `<data_dir>/shards/NNN/log` for every shard, in shard order.
@@ -90,13 +91,31 @@ fn scan_bytes(bytes: &[u8]) -> Scan {
         pos = frame.end();
         frames.push(frame);
     }
+    let valid_end = frames
+        .last()
+        .map_or(SEGMENT_HEADER_BYTES.min(file_len), Frame::end);
     Scan {
-        valid_end: frames
-            .last()
-            .map_or(SEGMENT_HEADER_BYTES.min(file_len), Frame::end),
+        valid_end,
+        data_end: valid_end + nonzero_len(bytes.get(valid_end as usize..).unwrap_or_default()),
         frames,
-        file_len,
     }
+}
+
+/// Length of `bytes` without its trailing zeros.
+pub fn nonzero_len(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
+
+/// What recovery must report as torn when the valid frames of `path` end at `valid_end`: the
+/// bytes after it up to the last non-zero one (trailing zeros are preallocated space).
+pub fn torn_len(path: &Path, valid_end: u64) -> anyhow::Result<u64> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(nonzero_len(
+        bytes.get(valid_end as usize..).unwrap_or_default(),
+    ))
 }
 
 fn frame_at(bytes: &[u8], pos: u64) -> Option<Frame> {
@@ -158,10 +177,11 @@ pub fn restore(path: &Path, pos: u64, byte: u8) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends `bytes` (a torn, partial frame) and syncs.
-pub fn append(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = OpenOptions::new().append(true).open(path)?;
-    f.write_all(bytes)?;
+/// Writes `bytes` (a torn, partial frame) at `pos` — where the next frame would have gone,
+/// inside the zeros the log preallocates or at the end of the file — and syncs.
+pub fn write_torn(path: &Path, pos: u64, bytes: &[u8]) -> anyhow::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(bytes, pos)?;
     f.sync_all()?;
     Ok(())
 }

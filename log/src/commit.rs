@@ -26,6 +26,7 @@ use crate::frame::FRAME_HEADER_BYTES;
 use crate::index::{self, IndexMeta, SparseIndex};
 use crate::io::{SegmentFile, SegmentIo};
 use crate::log::{Inner, Outcome, State};
+use crate::prealloc::Prealloc;
 use crate::recovery::{map_file, now_unix_ms, write_index_file_via};
 use crate::segment::{self, ActiveView, SEGMENT_HEADER_BYTES, Sealed};
 
@@ -55,6 +56,32 @@ pub(crate) struct Writer {
     pub buf: Vec<u8>,
     /// Reused (offset, position) list of the frames in the current batch.
     pub positions: Vec<(u64, u64)>,
+    /// The active segment's zero-filled region ahead of `write_pos`.
+    pub prealloc: Prealloc,
+}
+
+/// The preallocation of a segment open for writing at `write_pos` through `file` (its write
+/// handle is cloned for the zero-filler); off on the simulated disk, whose crash model only
+/// knows appends.
+pub(crate) fn prealloc_for(
+    inner_opts: &crate::Options,
+    backend: &crate::io::Backend,
+    file: &std::fs::File,
+    path: &std::path::Path,
+    write_pos: u64,
+) -> Result<Prealloc, Error> {
+    let on = inner_opts.preallocate_bytes > 0 && backend.kind() != crate::IoKind::Simulated;
+    let handle = if on {
+        Some(file.try_clone().map_err(|e| Error::io(path, e))?)
+    } else {
+        None
+    };
+    Ok(Prealloc::new(
+        handle,
+        write_pos,
+        inner_opts.preallocate_bytes,
+        inner_opts.segment_bytes_max,
+    ))
 }
 
 /// The committer task: wakes when frames are queued, flushes them, exits when the log is
@@ -188,6 +215,7 @@ async fn write_batch(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
     let len = buf.len() as u64;
     let path = inner.state.borrow().active.path.clone();
 
+    w.prealloc.clear_for(w.write_pos + len).await;
     let (res, buf) = w.file.write_all_at(buf, w.write_pos).await;
     w.buf = buf;
     res.map_err(|e| Error::io(&path, e))?;
@@ -200,6 +228,7 @@ async fn write_batch(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
     w.write_pos += len;
     w.frames += count;
     w.next_write_offset += count;
+    w.prealloc.top_up(w.write_pos);
     let mut st = inner.state.borrow_mut();
     let st = &mut *st;
     for &(offset, position) in &positions {
@@ -267,7 +296,13 @@ pub(crate) async fn roll_active(inner: &Inner, w: &mut Writer) -> Result<(), Err
         )
     };
 
-    // 1. The index file of the segment being sealed (tmp + fsync + rename).
+    // 1. The segment being sealed cut back to its data (no zero-filled tail), then its index
+    //    file (tmp + fsync + rename).
+    let old_path = segment::segment_path(dir, base);
+    w.prealloc
+        .trim(w.write_pos)
+        .await
+        .map_err(|e| Error::io(&old_path, e))?;
     let idx_path = segment::index_path(dir, base);
     let meta = IndexMeta {
         interval_bytes: inner.opts.index_interval_bytes,
@@ -289,6 +324,13 @@ pub(crate) async fn roll_active(inner: &Inner, w: &mut Writer) -> Result<(), Err
         .open(&new_path)
         .map_err(|e| Error::io(&new_path, e))?;
     let reader = f.try_clone().map_err(|e| Error::io(&new_path, e))?;
+    let prealloc = prealloc_for(
+        &inner.opts,
+        backend,
+        &f,
+        &new_path,
+        SEGMENT_HEADER_BYTES as u64,
+    )?;
     let file = backend.wrap(f, &new_path);
     let header = segment::encode_header(new_base, created).to_vec();
     let (res, _) = file.write_all_at(header, 0).await;
@@ -300,7 +342,6 @@ pub(crate) async fn roll_active(inner: &Inner, w: &mut Writer) -> Result<(), Err
     inner.state.borrow_mut().stats.fsyncs += 3;
 
     // 3. Switch readers over: the old segment becomes a mapped, sealed one.
-    let old_path = segment::segment_path(dir, base);
     let data = map_file(&old_path)?
         .ok_or_else(|| Error::corrupt(&old_path, 0, "sealed segment is empty"))?;
     assert_eq!(
@@ -341,5 +382,7 @@ pub(crate) async fn roll_active(inner: &Inner, w: &mut Writer) -> Result<(), Err
     w.file = file;
     w.write_pos = SEGMENT_HEADER_BYTES as u64;
     w.frames = 0;
+    w.prealloc = prealloc;
+    w.prealloc.top_up(w.write_pos);
     Ok(())
 }

@@ -23,6 +23,7 @@ mod io;
 mod log;
 mod offline;
 mod options;
+mod prealloc;
 mod reader;
 mod recovery;
 mod segment;

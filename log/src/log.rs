@@ -154,6 +154,8 @@ impl Log {
             .open(&active.path)
             .map_err(|e| Error::io(&active.path, e))?;
         let read_file = File::open(&active.path).map_err(|e| Error::io(&active.path, e))?;
+        let prealloc =
+            commit::prealloc_for(&opts, &backend, &write_file, &active.path, active.bytes)?;
         let file = backend.wrap(write_file, &active.path);
         let next_offset = active.next_offset;
         let frames = active.next_offset - active.base;
@@ -193,6 +195,7 @@ impl Log {
             next_write_offset: next_offset,
             buf: Vec::new(),
             positions: Vec::new(),
+            prealloc,
         };
         let notify = Rc::new(Notify::new());
         let inner = Rc::new(Inner {
@@ -587,6 +590,12 @@ impl Log {
         }
         let mut w = self.inner.writer.lock().await;
         let flushed = commit::flush(&self.inner, &mut w).await;
+        // A clean close leaves no zero-filled tail; if trimming fails the tail is still only
+        // zeros, which recovery drops.
+        let write_pos = w.write_pos;
+        if let Err(e) = w.prealloc.trim(write_pos).await {
+            tracing::warn!(error = %e, dir = %self.inner.opts.dir.display(), "could not trim the active segment's preallocated tail");
+        }
         {
             let mut st = self.inner.state.borrow_mut();
             st.closed = true;

@@ -11,6 +11,8 @@
 //!   has a bad CRC, a length over `frame_bytes_max` or an unexpected offset, the rest of the file
 //!   is searched for any valid frame. None: a torn tail, cut off and reported in
 //!   `truncated_bytes`. One: corruption, [`Error::Corrupt`] at the first bad byte position.
+//!   Trailing zeros are the active segment's preallocated region (`prealloc`): cut too, but not
+//!   counted in `truncated_bytes`.
 //! - A last segment shorter than its header (a crash while rolling) is re-initialised.
 //!
 //! Runs on tokio's blocking pool: it reads whole segments.
@@ -379,9 +381,19 @@ pub(crate) fn valid_frame_after(
     })
 }
 
+/// Length of `bytes` without its trailing zeros.
+fn nonzero_len(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
+
 /// Scans the active segment, cutting a torn tail. Returns it, the bytes cut and the last epoch.
 fn recover_active(p: &Params, base: u64) -> Result<(RecoveredActive, u64, Option<u32>), Error> {
     let path = segment::segment_path(&p.dir, base);
+    // A log of this directory dropped without closing may still be zero-filling this file.
+    let _no_zero_fill = crate::prealloc::exclusive();
     let map = map_file(&path)?;
     let data: &[u8] = map.as_deref().unwrap_or_default();
     let file_len = data.len() as u64;
@@ -405,9 +417,10 @@ fn recover_active(p: &Params, base: u64) -> Result<(RecoveredActive, u64, Option
                 ));
             }
             tracing::warn!(path = %path.display(), file_len, "re-initialising a segment with a torn header");
+            let torn = nonzero_len(data);
             drop(map);
             let active = create_segment(&p.dir, base, p.index_interval_bytes)?;
-            return Ok((active, file_len, None));
+            return Ok((active, torn, None));
         }
     };
 
@@ -446,10 +459,14 @@ fn recover_active(p: &Params, base: u64) -> Result<(RecoveredActive, u64, Option
     }
 
     let valid = pos as u64;
-    let truncated = file_len - valid;
+    // Trailing zeros are the preallocated region (see `prealloc`), not a torn write: only the
+    // bytes up to the last non-zero one are reported.
+    let truncated = nonzero_len(data.get(pos..).unwrap_or_default());
     drop(map);
     if truncated > 0 {
         tracing::warn!(path = %path.display(), at = valid, bytes = truncated, "cutting a torn tail");
+    }
+    if file_len > valid {
         let f = OpenOptions::new()
             .write(true)
             .open(&path)

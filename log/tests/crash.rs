@@ -19,6 +19,15 @@ fn frame_start(i: usize) -> u64 {
     SEGMENT_HEADER_BYTES as u64 + (0..i).map(frame_len).sum::<u64>()
 }
 
+/// Length of `bytes` without trailing zeros: what recovery reports as torn (a zero tail is the
+/// preallocated region).
+fn nonzero_len(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
+}
+
 fn seg_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.seg"))
 }
@@ -68,7 +77,7 @@ fn cut_at_every_byte_of_the_last_frames_keeps_the_complete_prefix() {
             assert_eq!(rec.records, complete as u64);
             assert_eq!(
                 rec.truncated_bytes,
-                cut - frame_start(complete),
+                nonzero_len(&original[frame_start(complete) as usize..cut as usize]),
                 "cut at {cut}"
             );
             assert_eq!(
@@ -82,7 +91,10 @@ fn cut_at_every_byte_of_the_last_frames_keeps_the_complete_prefix() {
         // After a cut, the log keeps working: append, reopen, nothing more to cut.
         std::fs::write(&path, &original[..(frame_start(N) - 1) as usize]).expect("cut");
         let (log, rec) = common::open(o.clone()).await;
-        assert_eq!(rec.truncated_bytes, frame_len(N - 1) - 1);
+        assert_eq!(
+            rec.truncated_bytes,
+            nonzero_len(&original[frame_start(N - 1) as usize..(frame_start(N) - 1) as usize])
+        );
         let off = log
             .append(
                 ((N - 1) % 5) as u8,
@@ -122,7 +134,7 @@ fn a_flipped_byte_in_the_last_frame_is_a_torn_tail() {
                     assert_eq!(rec.next_offset, (N - 1) as u64, "flip at {pos}");
                     assert_eq!(
                         rec.truncated_bytes,
-                        (original.len() - last) as u64,
+                        nonzero_len(&damaged[last..]),
                         "flip at {pos}"
                     );
                     assert_records(&log, N - 1).await;
@@ -298,7 +310,7 @@ fn a_torn_new_segment_header_is_reinitialised() {
 }
 
 #[test]
-fn trailing_zeros_are_a_torn_tail() {
+fn trailing_zeros_are_cut_but_not_counted_as_torn() {
     common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let o = common::opts(dir.path());
@@ -308,7 +320,32 @@ fn trailing_zeros_are_a_torn_tail() {
         bytes.extend_from_slice(&[0u8; 4096]);
         std::fs::write(&path, &bytes).expect("write");
         let (log, rec) = common::open(o).await;
-        assert_eq!(rec.truncated_bytes, 4096);
+        // A zero tail is the preallocated region, not a torn write.
+        assert_eq!(rec.truncated_bytes, 0);
         assert_records(&log, 5).await;
+        let len = std::fs::metadata(&path).expect("stat").len();
+        assert_eq!(len, frame_start(5), "the zeros are cut");
+    });
+}
+
+#[test]
+fn torn_bytes_before_a_zero_tail_are_counted_up_to_the_last_non_zero_byte() {
+    common::run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = common::opts(dir.path());
+        write_log(o.clone(), 5).await;
+        let path = seg_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&path).expect("read");
+        // A write torn inside the preallocated region: 7 bytes, one zero among them, then zeros.
+        bytes.extend_from_slice(&[0xA5, 0x5A, 0, 0x11, 0x22, 0x33, 0x44]);
+        bytes.extend_from_slice(&[0u8; 8192]);
+        std::fs::write(&path, &bytes).expect("write");
+        let (log, rec) = common::open(o).await;
+        assert_eq!(rec.truncated_bytes, 7);
+        assert_records(&log, 5).await;
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").len(),
+            frame_start(5)
+        );
     });
 }

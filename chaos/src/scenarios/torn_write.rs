@@ -182,11 +182,11 @@ fn plan_damage(
             continue;
         };
         let scan = segment::scan(&seg)?;
-        if scan.valid_end != scan.file_len {
+        if scan.valid_end != scan.data_end {
             anyhow::bail!(
                 "{} already has {} invalid trailing bytes after kill -9 (a kill must not tear a write)",
                 seg.display(),
-                scan.file_len - scan.valid_end
+                scan.data_end - scan.valid_end
             );
         }
         let first = unacked_tail(&scan.frames, acked);
@@ -216,11 +216,11 @@ fn plan_damage(
             None => vec![0xA5; 64],
         };
         let k = ctx.rng.range(1, bytes.len() as u64) as usize;
-        segment::append(&seg, &bytes[..k])?;
+        segment::write_torn(&seg, scan.valid_end, &bytes[..k])?;
         return Ok(Plan {
             log_dir,
             removed_ids: Vec::new(),
-            expected_truncated: k as u64,
+            expected_truncated: segment::nonzero_len(&bytes[..k]),
             describe: format!(
                 "{damage:?}: no un-ACKed frame at the tail of {name}; appended a torn {k}-byte partial frame"
             ),
@@ -240,7 +240,7 @@ fn plan_damage(
                     .iter()
                     .filter_map(|f| f.delivery_id.clone())
                     .collect(),
-                expected_truncated: at - f.pos,
+                expected_truncated: segment::torn_len(&seg, f.pos)?,
                 describe: format!(
                     "Cut {name} at byte {at} (inside frame offset {}, {} of {} frames after the last ACKed one removed: {} un-ACKed ingests, {} other records)",
                     f.offset,
@@ -259,7 +259,7 @@ fn plan_damage(
             Ok(Plan {
                 log_dir,
                 removed_ids: f.delivery_id.iter().cloned().collect(),
-                expected_truncated: scan.file_len - f.pos,
+                expected_truncated: segment::torn_len(&seg, f.pos)?,
                 describe: format!(
                     "Flip {name} byte {at} ^ {mask:#04x} in the last frame (offset {}, {} bytes, un-ACKed {})",
                     f.offset,
