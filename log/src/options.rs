@@ -47,7 +47,7 @@ pub struct Options {
     /// Zero-fill the active segment this far ahead of the write position, in the background
     /// (see the `prealloc` module): an fdatasync then only has to write data, not the journal
     /// entry of a growing file. 0 turns it off; the simulated disk never preallocates.
-    /// Default 4 MiB.
+    /// Default 1 MiB.
     pub preallocate_bytes: u64,
 }
 
@@ -65,7 +65,7 @@ impl Options {
             index_interval_bytes: 4096,
             pending_bytes_max: 64 * 1024 * 1024,
             verify_sealed_on_open: true,
-            preallocate_bytes: 4 * 1024 * 1024,
+            preallocate_bytes: 1024 * 1024,
         }
     }
 
