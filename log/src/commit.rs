@@ -64,13 +64,13 @@ pub(crate) struct Writer {
 /// handle is cloned for the zero-filler); off on the simulated disk, whose crash model only
 /// knows appends.
 pub(crate) fn prealloc_for(
-    inner_opts: &crate::Options,
+    opts: &crate::Options,
     backend: &crate::io::Backend,
     file: &std::fs::File,
     path: &std::path::Path,
     write_pos: u64,
 ) -> Result<Prealloc, Error> {
-    let on = inner_opts.preallocate_bytes > 0 && backend.kind() != crate::IoKind::Simulated;
+    let on = opts.preallocate_bytes > 0 && backend.kind() != crate::IoKind::Simulated;
     let handle = if on {
         Some(file.try_clone().map_err(|e| Error::io(path, e))?)
     } else {
@@ -79,8 +79,8 @@ pub(crate) fn prealloc_for(
     Ok(Prealloc::new(
         handle,
         write_pos,
-        inner_opts.preallocate_bytes,
-        inner_opts.segment_bytes_max,
+        opts.preallocate_bytes,
+        opts.segment_bytes_max,
     ))
 }
 

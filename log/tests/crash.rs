@@ -309,43 +309,37 @@ fn a_torn_new_segment_header_is_reinitialised() {
     });
 }
 
+/// Five records, then `tail` written after them as a crash would leave it; reopens and returns
+/// the reported torn bytes, checking the records and that the tail is cut.
+async fn recover_with_tail(tail: &[u8]) -> u64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = common::opts(dir.path());
+    write_log(o.clone(), 5).await;
+    let path = seg_path(dir.path(), 0);
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes.extend_from_slice(tail);
+    std::fs::write(&path, &bytes).expect("write");
+    let (log, rec) = common::open(o).await;
+    assert_records(&log, 5).await;
+    let len = std::fs::metadata(&path).expect("stat").len();
+    assert_eq!(len, frame_start(5), "the tail is cut");
+    rec.truncated_bytes
+}
+
 #[test]
 fn trailing_zeros_are_cut_but_not_counted_as_torn() {
     common::run(|| async {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let o = common::opts(dir.path());
-        write_log(o.clone(), 5).await;
-        let path = seg_path(dir.path(), 0);
-        let mut bytes = std::fs::read(&path).expect("read");
-        bytes.extend_from_slice(&[0u8; 4096]);
-        std::fs::write(&path, &bytes).expect("write");
-        let (log, rec) = common::open(o).await;
         // A zero tail is the preallocated region, not a torn write.
-        assert_eq!(rec.truncated_bytes, 0);
-        assert_records(&log, 5).await;
-        let len = std::fs::metadata(&path).expect("stat").len();
-        assert_eq!(len, frame_start(5), "the zeros are cut");
+        assert_eq!(recover_with_tail(&[0u8; 4096]).await, 0);
     });
 }
 
 #[test]
 fn torn_bytes_before_a_zero_tail_are_counted_up_to_the_last_non_zero_byte() {
     common::run(|| async {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let o = common::opts(dir.path());
-        write_log(o.clone(), 5).await;
-        let path = seg_path(dir.path(), 0);
-        let mut bytes = std::fs::read(&path).expect("read");
         // A write torn inside the preallocated region: 7 bytes, one zero among them, then zeros.
-        bytes.extend_from_slice(&[0xA5, 0x5A, 0, 0x11, 0x22, 0x33, 0x44]);
-        bytes.extend_from_slice(&[0u8; 8192]);
-        std::fs::write(&path, &bytes).expect("write");
-        let (log, rec) = common::open(o).await;
-        assert_eq!(rec.truncated_bytes, 7);
-        assert_records(&log, 5).await;
-        assert_eq!(
-            std::fs::metadata(&path).expect("stat").len(),
-            frame_start(5)
-        );
+        let mut tail = vec![0xA5, 0x5A, 0, 0x11, 0x22, 0x33, 0x44];
+        tail.extend_from_slice(&[0u8; 8192]);
+        assert_eq!(recover_with_tail(&tail).await, 7);
     });
 }

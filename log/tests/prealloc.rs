@@ -47,6 +47,14 @@ async fn append_n(log: &hookrelay_log::Log, from: u64, n: u64) {
     }
 }
 
+/// Reopens the log in `o.dir`: nothing torn, the first `n` records intact.
+async fn reopen_intact(o: Options, n: u64) -> hookrelay_log::Log {
+    let (log, rec) = common::open(o).await;
+    assert_eq!(rec.truncated_bytes, 0);
+    assert_records(&log, n);
+    log
+}
+
 fn assert_records(log: &hookrelay_log::Log, n: u64) {
     assert_eq!(log.next_offset(), n);
     for i in 0..n {
@@ -90,15 +98,11 @@ fn a_crash_with_a_zero_filled_tail_loses_nothing_and_reports_no_torn_bytes() {
         wait_zero_filled(&path, SEGMENT_HEADER_BYTES as u64 + 30 * FRAME).await;
         // A crash: the handle goes away without close(), the zeros stay on disk.
         drop(log);
-        let (log, rec) = common::open(o.clone()).await;
-        assert_eq!(rec.truncated_bytes, 0);
-        assert_records(&log, 30);
+        let log = reopen_intact(o.clone(), 30).await;
         assert_eq!(len(&path), SEGMENT_HEADER_BYTES as u64 + 30 * FRAME);
         append_n(&log, 30, 5).await;
         drop(log);
-        let (log, rec) = common::open(o).await;
-        assert_eq!(rec.truncated_bytes, 0);
-        assert_records(&log, 35);
+        reopen_intact(o, 35).await;
     });
 }
 
@@ -133,9 +137,7 @@ fn sealed_segments_hold_only_their_data() {
         assert_records(&log, 150);
         log.close().await.expect("close");
         drop(log);
-        let (log, rec) = common::open(o).await;
-        assert_eq!(rec.truncated_bytes, 0);
-        assert_records(&log, 150);
+        reopen_intact(o, 150).await;
     });
 }
 
