@@ -6,6 +6,11 @@ use clap::Parser;
 use hookrelay_api::cli::{Cli, Command, run_check_config};
 use hookrelay_api::config::{Config, ConfigError, LogFormat, process_env};
 
+/// mimalloc instead of glibc's malloc: per-thread heaps with no arena lock, for a server whose
+/// requests allocate on one shard's thread and free on another's (BENCHMARKS.md §2, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = cli.command.config_args();

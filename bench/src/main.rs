@@ -5,6 +5,11 @@
 //! Architecture Invariant: the bench talks to hookrelay over HTTP only (and to its process by
 //! PID); it never links the product's crates, so it measures what a user would see.
 
+/// The same allocator as `hookrelay` (mimalloc), so the null server it is compared with and the
+/// generator sharing its cores do not pay glibc's malloc where the product does not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod hist;
 mod http1;
 mod listen;
