@@ -370,6 +370,12 @@ impl Table {
             op: "mmap table",
             source,
         })?;
+        // Lookups land on a random slot of the whole table, one page each: with 4 KiB pages
+        // that is a TLB miss, and on a virtual machine often a far costlier miss in the
+        // hypervisor's mappings, on nearly every lookup (BENCHMARKS.md, "Huge pages for the
+        // idempotency tables"). ext4 and XFS map page-cache folios of 2 MiB with one PMD entry
+        // when asked; elsewhere the advice is refused or ignored, and nothing else changes.
+        let _ = map.advise(memmap2::Advice::HugePage);
         Ok(Self {
             path,
             map,
@@ -1069,6 +1075,52 @@ mod tests {
         let index = IdempotencyIndex::open(dir.path(), small()).unwrap();
         assert_eq!(index.indexed_through(), 201);
         assert_eq!(index.lookup("ep", "b", 1_000).map(|h| h.offset), Some(200));
+    }
+
+    /// The `VmFlags` of the mappings of files under `dir`, from `/proc/self/smaps`.
+    fn mapping_flags(dir: &Path) -> Vec<String> {
+        let smaps = fs::read_to_string("/proc/self/smaps").unwrap();
+        let dir = dir.to_string_lossy().into_owned();
+        let mut flags = Vec::new();
+        let mut inside = false;
+        for line in smaps.lines() {
+            // A mapping's first line starts with its address range, e.g. "7f..-7f.. rw-s ...".
+            if line
+                .split_whitespace()
+                .next()
+                .is_some_and(|w| w.contains('-'))
+            {
+                inside = line.contains(&dir);
+            } else if inside && let Some(rest) = line.strip_prefix("VmFlags:") {
+                flags.push(rest.trim().to_owned());
+            }
+        }
+        flags
+    }
+
+    #[test]
+    fn tables_are_mapped_with_huge_page_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        // A new bucket, then a chained table (created), then a reopen (opened).
+        for i in 0..MIN_TABLE_SLOTS {
+            index.insert("ep", &format!("k{i}"), 7, i, 1_000).unwrap();
+        }
+        assert_eq!(table_files(dir.path()), 2);
+        let mut check = |index: &IdempotencyIndex| {
+            let flags = mapping_flags(dir.path());
+            assert_eq!(flags.len(), 2, "one mapping per table: {flags:?}");
+            for f in &flags {
+                // "hg": MADV_HUGEPAGE was applied to the mapping (proc(5)).
+                assert!(f.split_whitespace().any(|w| w == "hg"), "{f}");
+            }
+            assert_eq!(index.lookup("ep", "k3", 1_000).map(|h| h.offset), Some(3));
+        };
+        check(&index);
+        drop(index);
+        assert!(mapping_flags(dir.path()).is_empty());
+        let index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        check(&index);
     }
 
     #[test]
