@@ -1107,7 +1107,7 @@ mod tests {
             index.insert("ep", &format!("k{i}"), 7, i, 1_000).unwrap();
         }
         assert_eq!(table_files(dir.path()), 2);
-        let mut check = |index: &IdempotencyIndex| {
+        let check = |index: &IdempotencyIndex| {
             let flags = mapping_flags(dir.path());
             assert_eq!(flags.len(), 2, "one mapping per table: {flags:?}");
             for f in &flags {
