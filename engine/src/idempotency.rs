@@ -370,12 +370,6 @@ impl Table {
             op: "mmap table",
             source,
         })?;
-        // Lookups land on a random slot of the whole table, one page each: with 4 KiB pages
-        // that is a TLB miss, and on a virtual machine often a far costlier miss in the
-        // hypervisor's mappings, on nearly every lookup (BENCHMARKS.md, "Huge pages for the
-        // idempotency tables"). ext4 and XFS map page-cache folios of 2 MiB with one PMD entry
-        // when asked; elsewhere the advice is refused or ignored, and nothing else changes.
-        let _ = map.advise(memmap2::Advice::HugePage);
         Ok(Self {
             path,
             map,
@@ -383,6 +377,25 @@ impl Table {
             len,
             dirty: false,
         })
+    }
+
+    /// Asks for 2 MiB pages (`hot`) or 4 KiB pages for this table's mapping.
+    ///
+    /// Lookups and inserts land on a random slot of the whole table, one page each. With 4 KiB
+    /// pages that is a TLB miss, and on a virtual machine often a far costlier miss in the
+    /// hypervisor's mappings, on nearly every call (BENCHMARKS.md, "Huge pages for the
+    /// idempotency tables"). ext4 and XFS map page-cache folios of 2 MiB with one PMD entry when
+    /// asked. The price is granularity: a fault on a cold table reads, and maps, 2 MiB. So only
+    /// the newest bucket's tables, which take every insert and the first probe of every lookup,
+    /// are hot; older days stay on small pages, where a cold probe costs 4 KiB. Where the kernel
+    /// or file system cannot do either, the advice is refused and nothing else changes.
+    fn set_hot(&self, hot: bool) {
+        let advice = if hot {
+            memmap2::Advice::HugePage
+        } else {
+            memmap2::Advice::NoHugePage
+        };
+        let _ = self.map.advise(advice);
     }
 
     fn slot(&self, index: u64) -> &[u8] {
@@ -551,13 +564,15 @@ impl IdempotencyIndex {
             }
             buckets.insert(start_ms, Bucket { tables });
         }
-        Ok(Self {
+        let index = Self {
             dir: dir.to_path_buf(),
             options,
             buckets,
             indexed_through,
             expired_at_ms: 0,
-        })
+        };
+        index.set_page_sizes();
+        Ok(index)
     }
 
     /// The entry for (endpoint, key) inserted less than the TTL before `now_ms`, newest bucket
@@ -634,6 +649,7 @@ impl IdempotencyIndex {
                     tables: vec![table],
                 },
             );
+            self.set_page_sizes();
         }
         let bucket = self.buckets.get_mut(&start_ms).expect("bucket exists");
         let (newest, older) = bucket
@@ -674,6 +690,7 @@ impl IdempotencyIndex {
             }
         }
         bucket.tables.push(table);
+        self.set_page_sizes();
         Ok(())
     }
 
@@ -789,6 +806,17 @@ impl IdempotencyIndex {
                         .map
                         .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
                 };
+            }
+        }
+    }
+
+    /// Huge pages for the newest bucket's tables, small pages for the others (see
+    /// [`Table::set_hot`]). Called whenever a table is opened or created, which is rare.
+    fn set_page_sizes(&self) {
+        let newest = self.buckets.keys().next_back().copied();
+        for (&start_ms, bucket) in &self.buckets {
+            for table in &bucket.tables {
+                table.set_hot(Some(start_ms) == newest);
             }
         }
     }
@@ -1077,50 +1105,70 @@ mod tests {
         assert_eq!(index.lookup("ep", "b", 1_000).map(|h| h.offset), Some(200));
     }
 
-    /// The `VmFlags` of the mappings of files under `dir`, from `/proc/self/smaps`.
-    fn mapping_flags(dir: &Path) -> Vec<String> {
+    /// For each mapped table file under `dir`: its bucket start and whether its `VmFlags` (from
+    /// `/proc/self/smaps`) hold "hg" (`MADV_HUGEPAGE`) and "nh" (`MADV_NOHUGEPAGE`), sorted.
+    fn page_advice(dir: &Path) -> Vec<(u64, bool, bool)> {
         let smaps = fs::read_to_string("/proc/self/smaps").unwrap();
         let dir = dir.to_string_lossy().into_owned();
-        let mut flags = Vec::new();
-        let mut inside = false;
+        let mut found = Vec::new();
+        let mut current = None;
         for line in smaps.lines() {
-            // A mapping's first line starts with its address range, e.g. "7f..-7f.. rw-s ...".
+            // A mapping's first line starts with its address range and ends with its path.
             if line
                 .split_whitespace()
                 .next()
                 .is_some_and(|w| w.contains('-'))
             {
-                inside = line.contains(&dir);
-            } else if inside && let Some(rest) = line.strip_prefix("VmFlags:") {
-                flags.push(rest.trim().to_owned());
+                current = line
+                    .split_whitespace()
+                    .last()
+                    .filter(|path| path.starts_with(&dir))
+                    .and_then(|path| Path::new(path).file_name()?.to_str())
+                    .and_then(Table::parse_name)
+                    .map(|(start_ms, _)| start_ms);
+            } else if let (Some(start_ms), Some(flags)) = (current, line.strip_prefix("VmFlags:")) {
+                let has = |flag: &str| flags.split_whitespace().any(|w| w == flag);
+                found.push((start_ms, has("hg"), has("nh")));
             }
         }
-        flags
+        found.sort_unstable();
+        found
     }
 
     #[test]
-    fn tables_are_mapped_with_huge_page_advice() {
+    fn only_the_newest_buckets_tables_ask_for_huge_pages() {
         let dir = tempfile::tempdir().unwrap();
         let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
-        // A new bucket, then a chained table (created), then a reopen (opened).
+        // A new bucket, then a chained table in it: both hot.
         for i in 0..MIN_TABLE_SLOTS {
             index.insert("ep", &format!("k{i}"), 7, i, 1_000).unwrap();
         }
         assert_eq!(table_files(dir.path()), 2);
-        let check = |index: &IdempotencyIndex| {
-            let flags = mapping_flags(dir.path());
-            assert_eq!(flags.len(), 2, "one mapping per table: {flags:?}");
-            for f in &flags {
-                // "hg": MADV_HUGEPAGE was applied to the mapping (proc(5)).
-                assert!(f.split_whitespace().any(|w| w == "hg"), "{f}");
-            }
-            assert_eq!(index.lookup("ep", "k3", 1_000).map(|h| h.offset), Some(3));
+        assert_eq!(
+            page_advice(dir.path()),
+            [(1_000, true, false), (1_000, true, false)]
+        );
+        // A newer bucket takes over; the older one goes back to small pages.
+        index.insert("ep", "late", 7, 1_000, 2_500).unwrap();
+        let expected = [
+            (1_000, false, true),
+            (1_000, false, true),
+            (2_000, true, false),
+        ];
+        assert_eq!(page_advice(dir.path()), expected);
+        // An insert into the older bucket changes nothing.
+        index.insert("ep", "early", 7, 1_001, 1_900).unwrap();
+        assert_eq!(page_advice(dir.path()), expected);
+        let answers = |index: &IdempotencyIndex| {
+            ["k3", "late", "early"].map(|k| index.lookup("ep", k, 2_600).map(|h| h.offset))
         };
-        check(&index);
+        assert_eq!(answers(&index), [Some(3), Some(1_000), Some(1_001)]);
         drop(index);
-        assert!(mapping_flags(dir.path()).is_empty());
+        assert!(page_advice(dir.path()).is_empty());
+        // Reopened: the same advice.
         let index = IdempotencyIndex::open(dir.path(), small()).unwrap();
-        check(&index);
+        assert_eq!(page_advice(dir.path()), expected);
+        assert_eq!(answers(&index), [Some(3), Some(1_000), Some(1_001)]);
     }
 
     #[test]
