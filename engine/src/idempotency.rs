@@ -308,6 +308,18 @@ impl Table {
                 op: e.op,
                 source: e.source,
             })?;
+        // The header's write left a 4 KiB page in the page cache, which would keep the
+        // mapping's first 2 MiB on small pages (see `Table::set_hot`); dropped (it is clean
+        // after the fsync), the first fault reads it back as part of a huge folio.
+        // SAFETY: plain syscall on an open descriptor; advice only, its failure changes nothing.
+        let _ = unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
         Self::map(path, file, capacity, 0)
     }
 

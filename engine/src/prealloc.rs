@@ -45,11 +45,6 @@ pub(crate) fn create_durable(
     file.write_all_at(header, 0)
         .map_err(fail("write header", tmp))?;
     file.sync_all().map_err(fail("fsync", tmp))?;
-    // The header's write left a 4 KiB page in the page cache, which would make the mapping's
-    // first 2 MiB a small-page region; dropped (it is clean now), the first fault reads it back
-    // as part of a huge folio where the file system and the mapping's advice allow one.
-    // SAFETY: plain syscall on an open descriptor; advice only, its failure changes nothing.
-    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     std::fs::rename(tmp, path).map_err(fail("rename", path))?;
     let parent = path
         .parent()
