@@ -12,6 +12,7 @@
 //! only checked here at start-up ([`S3Dlq::check`]).
 
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
+use aws_sdk_s3::operation::list_objects_v2::builders::ListObjectsV2FluentBuilder;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, LifecycleRule, ObjectIdentifier, ServerSideEncryption};
 use time::{Date, OffsetDateTime, UtcOffset};
@@ -524,19 +527,13 @@ impl S3Dlq {
         let full = format!("{}{parent}", inner.prefix);
         spawn_on(&self.inner.rt, async move {
             let mut names = Vec::new();
-            let mut token: Option<String> = None;
-            for _ in 0..LIST_PAGES_MAX {
-                let page = inner
-                    .client
-                    .list_objects_v2()
-                    .bucket(&inner.bucket)
-                    .prefix(&full)
-                    .delimiter("/")
-                    .max_keys(LIST_PAGE_KEYS_MAX)
-                    .set_continuation_token(token.take())
-                    .send()
-                    .await
-                    .map_err(|e| s3_error("ListObjectsV2", &full, e))?;
+            let request = inner
+                .client
+                .list_objects_v2()
+                .bucket(&inner.bucket)
+                .prefix(&full)
+                .delimiter("/");
+            each_page(request, &full, |page| {
                 for p in page.common_prefixes() {
                     if let Some(name) = p
                         .prefix()
@@ -547,18 +544,11 @@ impl S3Dlq {
                         names.push(name.to_owned());
                     }
                 }
-                token = page
-                    .next_continuation_token()
-                    .filter(|_| page.is_truncated() == Some(true))
-                    .map(str::to_owned);
-                if token.is_none() {
-                    names.sort_unstable();
-                    return Ok(names);
-                }
-            }
-            Err(Error::TooManyKeys {
-                limit: LIST_RANGE_KEYS_MAX,
+                ControlFlow::Continue(())
             })
+            .await?;
+            names.sort_unstable();
+            Ok(names)
         })
         .await?
     }
@@ -577,19 +567,13 @@ impl S3Dlq {
         spawn_on(&self.inner.rt, async move {
             let full = format!("{}{prefix}", inner.prefix);
             let mut keys = Vec::new();
-            let mut token: Option<String> = None;
-            for _ in 0..LIST_PAGES_MAX {
-                let page = inner
-                    .client
-                    .list_objects_v2()
-                    .bucket(&inner.bucket)
-                    .prefix(&full)
-                    .set_start_after(start_after.clone())
-                    .max_keys(LIST_PAGE_KEYS_MAX)
-                    .set_continuation_token(token.take())
-                    .send()
-                    .await
-                    .map_err(|e| s3_error("ListObjectsV2", &full, e))?;
+            let request = inner
+                .client
+                .list_objects_v2()
+                .bucket(&inner.bucket)
+                .prefix(&full)
+                .set_start_after(start_after);
+            each_page(request, &full, |page| {
                 for o in page.contents() {
                     let Some(key) = o.key().and_then(|k| k.strip_prefix(inner.prefix.as_str()))
                     else {
@@ -599,24 +583,43 @@ impl S3Dlq {
                     if key.starts_with(&prefix) && object::parse_key(key).is_ok() {
                         keys.push(key.to_owned());
                         if keys.len() >= limit {
-                            return Ok(keys);
+                            return ControlFlow::Break(());
                         }
                     }
                 }
-                token = page
-                    .next_continuation_token()
-                    .filter(|_| page.is_truncated() == Some(true))
-                    .map(str::to_owned);
-                if token.is_none() {
-                    return Ok(keys);
-                }
-            }
-            Err(Error::TooManyKeys {
-                limit: LIST_RANGE_KEYS_MAX,
+                ControlFlow::Continue(())
             })
+            .await?;
+            Ok(keys)
         })
         .await?
     }
+}
+
+/// Walks the `ListObjectsV2` pages of `request` with the SDK's paginator
+/// ([`LIST_PAGE_KEYS_MAX`] keys a page), handing each page to `each` until it breaks or the
+/// listing ends. A listing longer than [`LIST_PAGES_MAX`] pages is [`Error::TooManyKeys`];
+/// `what` names the listed prefix in errors.
+async fn each_page(
+    request: ListObjectsV2FluentBuilder,
+    what: &str,
+    mut each: impl FnMut(&ListObjectsV2Output) -> ControlFlow<()>,
+) -> Result<()> {
+    let mut pages = request.max_keys(LIST_PAGE_KEYS_MAX).into_paginator().send();
+    let mut walked = 0;
+    while let Some(page) = pages.next().await {
+        if walked == LIST_PAGES_MAX {
+            return Err(Error::TooManyKeys {
+                limit: LIST_RANGE_KEYS_MAX,
+            });
+        }
+        walked += 1;
+        let page = page.map_err(|e| s3_error("ListObjectsV2", what, e))?;
+        if each(&page).is_break() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The client of `opts`, with its bucket, prefix and SSE settings.

@@ -1,7 +1,7 @@
 //! The S3 store against a local HTTP server that records every request: what a PUT carries
 //! (path-style URL, prefix, SSE-KMS headers, the contract's JSON) and how answers are read.
-//! Listing, paging and purging against a real S3-compatible server are end-to-end tests
-//! (`tests/tests/dlq_s3.rs`, s3s-fs).
+//! Paging is checked here too (continuation tokens, the page bound); listing and purging against
+//! a real S3-compatible server are end-to-end tests (`tests/tests/dlq_s3.rs`, s3s-fs).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -30,6 +30,8 @@ const KMS_KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/0b7c5a4e-test";
 struct Seen {
     method: String,
     path: String,
+    /// The query string (`""` without one).
+    query: String,
     headers: BTreeMap<String, String>,
     body: Bytes,
 }
@@ -60,6 +62,7 @@ impl FakeS3 {
                             let seen = Seen {
                                 method: parts.method.to_string(),
                                 path: parts.uri.path().to_owned(),
+                                query: parts.uri.query().unwrap_or_default().to_owned(),
                                 headers: parts
                                     .headers
                                     .iter()
@@ -289,6 +292,127 @@ async fn a_stopped_runtime_interrupts_calls() {
     assert!(
         matches!(err, Error::Interrupted(_)) && err.is_transient(),
         "{err:?}"
+    );
+}
+
+/// A `ListObjectsV2` answer with these common prefixes (under `hookrelay/tn_a/`) and object
+/// keys (under `hookrelay/`), truncated with `next` as its continuation token if given.
+fn list_page(prefixes: &[&str], keys: &[String], next: Option<&str>) -> &'static str {
+    let mut xml = String::from(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>dlq-bucket</Name>",
+    );
+    xml.push_str(&format!(
+        "<IsTruncated>{}</IsTruncated><KeyCount>{}</KeyCount>",
+        next.is_some(),
+        prefixes.len() + keys.len()
+    ));
+    if let Some(token) = next {
+        xml.push_str(&format!(
+            "<NextContinuationToken>{token}</NextContinuationToken>"
+        ));
+    }
+    for key in keys {
+        xml.push_str(&format!(
+            "<Contents><Key>hookrelay/{key}</Key><Size>1</Size></Contents>"
+        ));
+    }
+    for p in prefixes {
+        xml.push_str(&format!(
+            "<CommonPrefixes><Prefix>hookrelay/tn_a/{p}/</Prefix></CommonPrefixes>"
+        ));
+    }
+    xml.push_str("</ListBucketResult>");
+    Box::leak(xml.into_boxed_str())
+}
+
+/// The continuation token a listing request carries, if any.
+fn token_of(seen: &Seen) -> Option<String> {
+    seen.query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("continuation-token="))
+        .map(str::to_owned)
+}
+
+#[tokio::test]
+async fn listings_follow_continuation_tokens_across_pages() {
+    let first = list_page(&["ep_b", "ep_a"], &[], Some("page-2"));
+    let second = list_page(&["ep_c"], &[], None);
+    let server = FakeS3::start(Arc::new(move |seen| match token_of(seen).as_deref() {
+        None => (200, first),
+        Some("page-2") => (200, second),
+        Some(_) => (400, error_xml("InvalidArgument")),
+    }))
+    .await;
+    let rt = S3Runtime::start().expect("runtime");
+    let s3 = S3Dlq::connect(options(server.addr, None), rt.handle())
+        .await
+        .expect("connect");
+    let names = s3.child_names("tn_a/").await.expect("listed");
+    assert_eq!(names, ["ep_a", "ep_b", "ep_c"], "both pages, sorted");
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2, "one request a page: {seen:?}");
+    for s in &seen {
+        assert!(s.query.contains("list-type=2"), "{}", s.query);
+        assert!(
+            s.query.contains("prefix=hookrelay%2Ftn_a%2F"),
+            "{}",
+            s.query
+        );
+        assert!(s.query.contains("delimiter=%2F"), "{}", s.query);
+        assert!(s.query.contains("max-keys=1000"), "{}", s.query);
+    }
+    assert_eq!(token_of(&seen[1]).as_deref(), Some("page-2"));
+}
+
+#[tokio::test]
+async fn a_listing_stops_at_its_limit_and_an_endless_one_is_too_many_keys() {
+    // Two valid keys a page; a listing wanting 3 stops on the second page.
+    let obj = sample();
+    let key = obj.key().expect("key");
+    let day = key
+        .rsplit_once('/')
+        .map(|(d, _)| d.to_owned())
+        .expect("a day");
+    let keys: Vec<String> = (0..2)
+        .map(|i| format!("{day}/dl_{:026}.json", i))
+        .filter(|k| object::parse_key(k).is_ok())
+        .collect();
+    assert_eq!(
+        keys.len(),
+        2,
+        "the test's keys are the contract's: {keys:?}"
+    );
+    // Tokens alternate, so the SDK's guard against a repeated token never ends the listing.
+    let (a, b) = (
+        list_page(&[], &keys, Some("t-a")),
+        list_page(&[], &keys, Some("t-b")),
+    );
+    let server = FakeS3::start(Arc::new(move |seen| match token_of(seen).as_deref() {
+        Some("t-a") => (200, b),
+        _ => (200, a),
+    }))
+    .await;
+    let rt = S3Runtime::start().expect("runtime");
+    let s3 = S3Dlq::connect(options(server.addr, None), rt.handle())
+        .await
+        .expect("connect");
+    let day = format!("{day}/");
+    let got = s3.keys_under(&day, None, 3).await.expect("listed");
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(server.seen().len(), 2, "stopped once it had enough");
+
+    let err = s3
+        .keys_under(&day, None, usize::MAX)
+        .await
+        .expect_err("never ends");
+    assert!(
+        matches!(err, Error::TooManyKeys { limit } if limit == LIST_RANGE_KEYS_MAX),
+        "{err:?}"
+    );
+    assert_eq!(
+        server.seen().len(),
+        2 + LIST_PAGES_MAX + 1,
+        "the bound in pages, then one more to see it is not the end"
     );
 }
 
