@@ -23,6 +23,14 @@ Every configuration key can be set in the --config file, or with an environment 
 HOOKRELAY_<SECTION>_<KEY> (e.g. HOOKRELAY_DELIVERY_ALLOW_PRIVATE_DESTINATIONS=true).
 Precedence: flags > environment > file > defaults. `--help` lists every variable.";
 
+/// `0.1.0 (commit 1a2b3c4)`: the version and the commit the binary was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HOOKRELAY_BUILD_COMMIT"),
+    ")"
+);
+
 /// The parsed command line. `Cli::parse()` works as with a derived parser; [`CommandFactory`]
 /// is written by hand only so that `--help` can list the environment variables, which are
 /// generated from the configuration schema at run time.
@@ -36,7 +44,7 @@ impl CommandFactory for Cli {
         let reference = env_reference();
         // The enum's derive sets `about` from its doc comment; ours is set after it.
         Command::augment_subcommands(clap::Command::new("hookrelay"))
-            .version(env!("CARGO_PKG_VERSION"))
+            .version(VERSION)
             .about(ABOUT)
             .subcommand_required(true)
             .arg_required_else_help(true)
@@ -300,7 +308,19 @@ mod tests {
     fn version_and_help() {
         let e = parse(&["--version"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
-        assert!(e.to_string().contains(env!("CARGO_PKG_VERSION")));
+        let printed = e.to_string();
+        assert!(printed.contains(env!("CARGO_PKG_VERSION")), "{printed}");
+        let commit = env!("HOOKRELAY_BUILD_COMMIT");
+        assert!(printed.contains(&format!("(commit {commit})")), "{printed}");
+        assert!(
+            commit == "unknown"
+                || commit.trim_end_matches("-dirty").len() >= 7
+                    && commit
+                        .trim_end_matches("-dirty")
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit()),
+            "{commit}"
+        );
 
         let help = parse(&["--help"]).unwrap_err().to_string();
         for needle in [

@@ -65,14 +65,15 @@ impl Row {
         )
     }
 
-    /// Prints the row (with the header) and appends its JSON line to `results`.
-    pub fn emit(&self, results: &Path) -> anyhow::Result<()> {
+    /// Prints the row (with the header) and appends its JSON line to `results`; `commit` is
+    /// the measured server's build ([`build_commit`]).
+    pub fn emit(&self, results: &Path, commit: &str) -> anyhow::Result<()> {
         println!("{TABLE_HEADER}\n{}", self.markdown());
         let line = json!({
             "scenario": self.scenario,
             "at": unix_now(),
             "date": date_utc(unix_now()),
-            "commit": git_commit(),
+            "commit": commit,
             "machine": machine(),
             "load": self.load,
             "result": self.result,
@@ -119,15 +120,25 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// `git rev-parse --short HEAD`, or `unknown`.
-pub fn git_commit() -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+/// The commit the hookrelay binary at `bin` was built from, as its `--version` prints it
+/// (`1a2b3c4`, or `1a2b3c4-dirty` when built from uncommitted changes), or `unknown`. A report
+/// names the measured binary's code, not the checkout's HEAD at the time of the run.
+pub fn build_commit(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("--version")
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .and_then(|o| parse_build_commit(&String::from_utf8_lossy(&o.stdout)))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The commit in `hookrelay 0.1.0 (commit 1a2b3c4)`.
+fn parse_build_commit(version: &str) -> Option<String> {
+    let (_, rest) = version.split_once("(commit ")?;
+    let (commit, _) = rest.split_once(')')?;
+    let commit = commit.trim();
+    (!commit.is_empty()).then(|| commit.to_string())
 }
 
 /// Cores and CPU model.
@@ -175,5 +186,16 @@ mod tests {
         assert_eq!(date_utc(0), "1970-01-01 00:00 UTC");
         assert_eq!(date_utc(951_782_400), "2000-02-29 00:00 UTC");
         assert_eq!(date_utc(1_700_000_000), "2023-11-14 22:13 UTC");
+    }
+
+    #[test]
+    fn the_build_commit_comes_from_the_version_line() {
+        let c = parse_build_commit("hookrelay 0.1.0 (commit 1a2b3c4)\n");
+        assert_eq!(c.as_deref(), Some("1a2b3c4"));
+        let c = parse_build_commit("hookrelay 0.1.0 (commit 1a2b3c4-dirty)");
+        assert_eq!(c.as_deref(), Some("1a2b3c4-dirty"));
+        assert_eq!(parse_build_commit("hookrelay 0.1.0"), None);
+        assert_eq!(parse_build_commit("hookrelay 0.1.0 (commit )"), None);
+        assert_eq!(build_commit(Path::new("/nonexistent/hookrelay")), "unknown");
     }
 }

@@ -154,7 +154,7 @@ pub fn block_on<F: Future<Output = anyhow::Result<Verdict>>>(fut: F) -> anyhow::
 
 /// Prints and records a scenario's row; answers its verdict.
 pub fn emit(common: &Common, row: &Row) -> anyhow::Result<Verdict> {
-    row.emit(&common.results)?;
+    row.emit(&common.results, &crate::report::build_commit(&common.bin()))?;
     Ok(row.verdict)
 }
 

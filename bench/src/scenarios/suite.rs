@@ -56,6 +56,8 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<Verdict> {
     }
     let mut c = a.common.clone();
     c.quick = !a.full;
+    // Read once: the binary does not change during the run.
+    let commit = report::build_commit(&c.bin());
     let mut rows: Vec<Row> = Vec::new();
     for name in SCENARIOS {
         if a.skip.iter().any(|s| s == name) {
@@ -162,14 +164,19 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<Verdict> {
             eprintln!("suite: {name} failed: {e:#}");
             error_row(name, &e)
         });
-        row.emit(&c.results)?;
+        row.emit(&c.results, &commit)?;
         rows.push(row);
     }
     let output = a
         .output
         .clone()
         .unwrap_or_else(|| workspace_root().join("BENCHMARKS.md"));
-    let block = table_block(&rows, if a.full { "full" } else { "quick" }, c.smoke);
+    let block = table_block(
+        &rows,
+        if a.full { "full" } else { "quick" },
+        c.smoke,
+        &commit,
+    );
     write_block(&output, &block)?;
     eprintln!("suite: table written to {}", output.display());
     println!("\n{block}");
@@ -181,14 +188,14 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<Verdict> {
 }
 
 /// The text between (and including) the markers.
-fn table_block(rows: &[Row], sizes: &str, smoke: bool) -> String {
+fn table_block(rows: &[Row], sizes: &str, smoke: bool, commit: &str) -> String {
     let mut out = String::new();
     out.push_str(BEGIN);
     out.push('\n');
     out.push_str(&format!(
         "_{} · commit `{}` · {} · `hookrelay-bench suite` ({sizes} sizes{}; the load generator shares the cores with the server)_\n\n",
         report::machine_line(),
-        report::git_commit(),
+        commit,
         report::date_utc(report::unix_now()),
         if smoke { ", smoke" } else { "" }
     ));
