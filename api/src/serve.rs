@@ -1,6 +1,6 @@
 //! `hookrelay serve`: open the node, bootstrap the operator key, start one thread per shard
-//! (each pinned to a core, with its own runtime and its own SO_REUSEPORT listener), and stop
-//! gracefully on SIGTERM/SIGINT.
+//! (each pinned to a core unless `server.pin_shards` is off, with its own runtime and its own
+//! SO_REUSEPORT listener), and stop gracefully on SIGTERM/SIGINT.
 //!
 //! Runtime choice (see README "Design"): each shard thread runs `tokio_uring` — a tokio
 //! current-thread runtime with an io_uring driver — so hyper runs natively on `tokio::net`
@@ -136,7 +136,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // Bind every listener before starting threads, so a taken port fails start-up cleanly.
     let listeners = bind_reuseport_group(listen, shards, LISTEN_BACKLOG)
         .with_context(|| format!("binding {listen}"))?;
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let cores = if config.server.pin_shards {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let mut threads = Vec::with_capacity(shards);
     for (i, listener) in listeners.into_iter().enumerate() {
         let inbox = node.take_inbox(i).context("shard inbox taken twice")?;

@@ -18,6 +18,12 @@ section! {
         /// CPU core. Recorded in the data dir on first start; later starts keep that count
         /// (endpoints are hashed to shards).
         shards: usize = d::SHARDS,
+        /// Pin each shard's thread to its own CPU core (thread-per-core). Turn it off where the
+        /// cores are shared with other busy processes (a VM, a container, a load generator on the
+        /// same machine): a pinned shard then waits for its own core while another is idle.
+        /// The threads a shard starts (the log's fsync and zero-fill workers) inherit its core.
+        /// BENCHMARKS.md measures both settings.
+        pin_shards: bool = true,
         /// Base of the absolute URLs the API hands out (an endpoint's `ingest_url`), e.g.
         /// `https://hooks.example.com`. Unset = `http://` + `server.listen`.
         public_url: Option<String> = None,
