@@ -38,8 +38,8 @@ fn main() {
     };
     println!("cargo:rustc-env=HOOKRELAY_BUILD_COMMIT={commit}");
 
-    // Again after a commit, a checkout or an edit of the server's sources (directories are
-    // scanned recursively).
+    // Again after a commit, a checkout or an edit of the paths the dirty check reads
+    // (directories are scanned recursively; `api` holds this script).
     if let Some(git_dir) = git(&root, &["rev-parse", "--absolute-git-dir"]) {
         let git_dir = PathBuf::from(git_dir);
         for name in ["HEAD", "index", "refs", "packed-refs"] {
@@ -47,13 +47,6 @@ fn main() {
         }
     }
     for source in SERVER_SOURCES {
-        let path = root.join(source);
-        let path = if path.is_dir() {
-            path.join("src")
-        } else {
-            path
-        };
-        println!("cargo:rerun-if-changed={}", path.display());
+        println!("cargo:rerun-if-changed={}", root.join(source).display());
     }
-    println!("cargo:rerun-if-changed=build.rs");
 }
