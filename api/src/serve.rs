@@ -45,6 +45,7 @@ pub fn engine_config(config: &Config) -> EngineConfig {
     e.segment_age_max = Duration::from_millis(config.log.segment_age_max_ms);
     e.batch_bytes_max = config.log.batch_bytes_max as usize;
     e.batch_linger = Duration::from_micros(config.log.batch_linger_us);
+    e.direct_io = config.log.direct_io;
     // A frame holds the body, the headers and a few ids: size it from the ingest limits.
     e.frame_bytes_max = u32::try_from(
         config.ingest.max_body_bytes + config.ingest.max_header_bytes + FRAME_OVERHEAD_BYTES,

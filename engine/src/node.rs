@@ -26,6 +26,8 @@ pub struct EngineConfig {
     pub segment_age_max: Duration,
     pub batch_bytes_max: usize,
     pub batch_linger: Duration,
+    /// Write the active segments with `O_DIRECT` where the filesystem takes it.
+    pub direct_io: bool,
     pub frame_bytes_max: u32,
     pub allow_private_destinations: bool,
     pub connect_timeout: Duration,
@@ -60,6 +62,7 @@ impl EngineConfig {
             segment_age_max: Duration::from_secs(3600),
             batch_bytes_max: 1 << 20,
             batch_linger: Duration::ZERO,
+            direct_io: true,
             frame_bytes_max: 8 << 20,
             allow_private_destinations: false,
             connect_timeout: Duration::from_secs(5),

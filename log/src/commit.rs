@@ -60,28 +60,36 @@ pub(crate) struct Writer {
     pub prealloc: Prealloc,
 }
 
-/// The preallocation of a segment open for writing at `write_pos` through `file` (its write
-/// handle is cloned for the zero-filler); off on the simulated disk, whose crash model only
-/// knows appends.
-pub(crate) fn prealloc_for(
+/// The write side of a segment open for writing at `write_pos`: `file` (opened read + write)
+/// wrapped by the backend, direct (the third value) when the options ask for it and the filesystem takes it
+/// ([`Backend::segment_writer`](crate::io::Backend::segment_writer)), and its zero-filler. No
+/// preallocation on the simulated disk, whose crash model only knows appends.
+pub(crate) fn open_writer(
     opts: &crate::Options,
     backend: &crate::io::Backend,
-    file: &std::fs::File,
+    file: std::fs::File,
     path: &std::path::Path,
     write_pos: u64,
-) -> Result<Prealloc, Error> {
+) -> Result<(SegmentFile, Prealloc, bool), Error> {
+    let w = backend
+        .segment_writer(file, path, opts.direct_io)
+        .map_err(|e| Error::io(path, e))?;
     let on = opts.preallocate_bytes > 0 && backend.kind() != crate::IoKind::Simulated;
-    let handle = if on {
-        Some(file.try_clone().map_err(|e| Error::io(path, e))?)
+    let align = if w.direct {
+        crate::io::direct::BLOCK
     } else {
-        None
+        1
     };
-    Ok(Prealloc::new(
-        handle,
+    // A direct segment needs the handle to be trimmed of its last block's padding even when
+    // nothing is zero-filled ahead.
+    let prealloc = Prealloc::new(
+        (on || w.direct).then_some(w.zero_fill),
         write_pos,
-        opts.preallocate_bytes,
+        if on { opts.preallocate_bytes } else { 0 },
         opts.segment_bytes_max,
-    ))
+        align,
+    );
+    Ok((w.file, prealloc, w.direct))
 }
 
 /// The committer task: wakes when frames are queued, flushes them, exits when the log is
@@ -324,14 +332,13 @@ pub(crate) async fn roll_active(inner: &Inner, w: &mut Writer) -> Result<(), Err
         .open(&new_path)
         .map_err(|e| Error::io(&new_path, e))?;
     let reader = f.try_clone().map_err(|e| Error::io(&new_path, e))?;
-    let prealloc = prealloc_for(
+    let (file, prealloc, direct) = open_writer(
         &inner.opts,
         backend,
-        &f,
+        f,
         &new_path,
         SEGMENT_HEADER_BYTES as u64,
     )?;
-    let file = backend.wrap(f, &new_path);
     let header = segment::encode_header(new_base, created).to_vec();
     let (res, _) = file.write_all_at(header, 0).await;
     res.map_err(|e| Error::io(&new_path, e))?;
@@ -376,6 +383,7 @@ pub(crate) async fn roll_active(inner: &Inner, w: &mut Writer) -> Result<(), Err
         };
         st.sealed.push(sealed);
         st.active_created_unix_ms = created;
+        st.direct = direct;
         st.roll_requested = false;
         st.stats.rolls += 1;
     }

@@ -92,6 +92,8 @@ pub(crate) struct State {
     pub waiters: VecDeque<(u64, oneshot::Sender<Outcome>)>,
     pub roll_requested: bool,
     pub active_created_unix_ms: u64,
+    /// The active segment is written with `O_DIRECT` ([`Options::direct_io`]).
+    pub direct: bool,
     pub sealed: Vec<Sealed>,
     pub active: ActiveView,
     pub stats: Stats,
@@ -154,9 +156,9 @@ impl Log {
             .open(&active.path)
             .map_err(|e| Error::io(&active.path, e))?;
         let read_file = File::open(&active.path).map_err(|e| Error::io(&active.path, e))?;
-        let prealloc =
-            commit::prealloc_for(&opts, &backend, &write_file, &active.path, active.bytes)?;
-        let file = backend.wrap(write_file, &active.path);
+        let (file, prealloc, direct) =
+            commit::open_writer(&opts, &backend, write_file, &active.path, active.bytes)?;
+        tracing::debug!(dir = %opts.dir.display(), direct, "log opened");
         let next_offset = active.next_offset;
         let frames = active.next_offset - active.base;
         let recovery = Recovery {
@@ -178,6 +180,7 @@ impl Log {
             waiters: VecDeque::new(),
             roll_requested: false,
             active_created_unix_ms: active.created_unix_ms,
+            direct,
             sealed: rec.sealed,
             active: ActiveView {
                 base: active.base,
@@ -228,6 +231,12 @@ impl Log {
     /// The I/O backend in use.
     pub fn io_kind(&self) -> IoKind {
         self.inner.backend.kind()
+    }
+
+    /// True when the active segment is written with `O_DIRECT`: [`Options::direct_io`] asked
+    /// for it and its filesystem takes it.
+    pub fn direct_io(&self) -> bool {
+        self.inner.state.borrow().direct
     }
 
     /// Appends a record and resolves with its offset once the frame is fsynced (group commit:

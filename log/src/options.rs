@@ -49,6 +49,10 @@ pub struct Options {
     /// entry of a growing file. 0 turns it off; the simulated disk never preallocates.
     /// Default 1 MiB.
     pub preallocate_bytes: u64,
+    /// Write the active segment with `O_DIRECT`, around the page cache (see the `io::direct`
+    /// module), where the filesystem takes it; elsewhere (tmpfs) and on the simulated disk the
+    /// log writes buffered. Default true.
+    pub direct_io: bool,
 }
 
 impl Options {
@@ -66,6 +70,7 @@ impl Options {
             pending_bytes_max: 64 * 1024 * 1024,
             verify_sealed_on_open: true,
             preallocate_bytes: 1024 * 1024,
+            direct_io: true,
         }
     }
 

@@ -30,8 +30,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::task::JoinHandle;
 
-/// Zeros written per `pwrite` of a chunk.
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+/// Zeros written per `pwrite` of a chunk, aligned for direct writes.
+#[repr(C, align(4096))]
+struct Zeros([u8; 64 * 1024]);
+static ZEROS: Zeros = Zeros([0; 64 * 1024]);
 
 /// Held while a chunk is written, and by recovery while it scans and cuts an active segment.
 static ZERO_FILL: Mutex<()> = Mutex::new(());
@@ -45,7 +47,7 @@ pub(crate) fn exclusive() -> MutexGuard<'static, ()> {
 /// The zero-filled region of the active segment and the chunk being written.
 pub(crate) struct Prealloc {
     /// A write handle on the active segment for the blocking pool; `None` when preallocation is
-    /// off (by option or on the simulated disk).
+    /// off (by option or on the simulated disk) and writes are buffered.
     file: Option<Arc<File>>,
     /// False after a failed zero-fill: no more chunks for this segment (it is still trimmed).
     zeroing: bool,
@@ -57,6 +59,9 @@ pub(crate) struct Prealloc {
     chunk: u64,
     /// Never zero past this (the segment size limit).
     limit: u64,
+    /// Chunk boundaries are multiples of this: [`crate::io::direct::BLOCK`] when `file` writes
+    /// directly (and the committer's writes are padded to it), else 1.
+    align: u64,
     /// Set when this segment's writer goes away: a chunk still queued or running stops.
     cancelled: Arc<AtomicBool>,
 }
@@ -69,21 +74,27 @@ impl Drop for Prealloc {
 
 impl Prealloc {
     /// Preallocation of a segment whose data ends at `write_pos`; `file` is `None` to turn it off.
-    pub fn new(file: Option<File>, write_pos: u64, chunk: u64, limit: u64) -> Self {
+    /// With a `file` and a zero `chunk` nothing is zero-filled, but the segment is still trimmed
+    /// to its data (direct writes pad its last block).
+    /// `align`: see the field.
+    pub fn new(file: Option<File>, write_pos: u64, chunk: u64, limit: u64, align: u64) -> Self {
         Prealloc {
-            file: file.filter(|_| chunk > 0).map(Arc::new),
-            zeroing: true,
+            file: file.map(Arc::new),
+            zeroing: chunk > 0,
             ready_to: write_pos,
             job: None,
             chunk,
             limit,
+            align: align.max(1),
             cancelled: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Makes sure a batch may write up to `end`: if that reaches into the chunk being zeroed,
-    /// waits for it.
+    /// waits for it. A direct write pads the batch to the next block boundary, so that is where
+    /// it ends.
     pub async fn clear_for(&mut self, end: u64) {
+        let end = end.next_multiple_of(self.align);
         if self.job.as_ref().is_some_and(|&(from, _, _)| end > from) {
             self.settle().await;
         }
@@ -108,8 +119,10 @@ impl Prealloc {
             self.ready_to
         } else {
             write_pos.saturating_add(self.chunk)
-        };
+        }
+        .next_multiple_of(self.align);
         let to = from.saturating_add(self.chunk).min(self.limit);
+        let to = to - to % self.align;
         if to <= from {
             return;
         }
@@ -163,8 +176,8 @@ fn zero_fill(file: &File, from: u64, to: u64, cancelled: &AtomicBool) -> io::Res
         if cancelled.load(Ordering::Acquire) {
             return Err(io::Error::other("cancelled: the log was dropped"));
         }
-        let n = (to - pos).min(ZEROS.len() as u64) as usize;
-        let zeros = ZEROS.get(..n).unwrap_or(&ZEROS);
+        let n = (to - pos).min(ZEROS.0.len() as u64) as usize;
+        let zeros = ZEROS.0.get(..n).unwrap_or(&ZEROS.0);
         file.write_all_at(zeros, pos)?;
         pos += zeros.len() as u64;
     }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use hookrelay_log::{FRAME_HEADER_BYTES, Options, SEGMENT_HEADER_BYTES};
 
 const PAYLOAD: usize = 200;
+/// The block direct writes are aligned to.
+const BLOCK: u64 = 4096;
 const FRAME: u64 = (FRAME_HEADER_BYTES + PAYLOAD) as u64;
 
 fn seg_path(dir: &Path, base: u64) -> PathBuf {
@@ -25,11 +27,21 @@ fn len(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat").len()
 }
 
+/// Where a file whose data ends at `end` ends without preallocation: a direct write pads its
+/// last block with zeros.
+fn data_file_len(log: &hookrelay_log::Log, end: u64) -> u64 {
+    if log.direct_io() {
+        end.next_multiple_of(BLOCK)
+    } else {
+        end
+    }
+}
+
 /// Waits (a liveness bound, not a speed check) until the background zero-fill grew `path` past
-/// `data_end`.
+/// the data ending at `data_end` (and past the block that data ends in).
 async fn wait_zero_filled(path: &Path, data_end: u64) {
     for _ in 0..1000 {
-        if len(path) > data_end {
+        if len(path) > data_end.next_multiple_of(BLOCK) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -77,8 +89,9 @@ fn the_active_segment_is_zero_filled_ahead_of_the_data_and_trimmed_on_close() {
         wait_zero_filled(&path, data_end).await;
         let bytes = std::fs::read(&path).expect("read");
         assert!(bytes[data_end as usize..].iter().all(|&b| b == 0));
-        // At most two chunks ahead: the gap left for the committer, then the zeros.
-        assert!(bytes.len() as u64 <= data_end + 2 * (64 << 10));
+        // At most two chunks ahead: the gap left for the committer, then the zeros (each start
+        // rounded up to a block when writes are direct).
+        assert!(bytes.len() as u64 <= data_end + 2 * (64 << 10) + BLOCK);
         // Appends keep landing below the zeros and read back.
         append_n(&log, 10, 40).await;
         assert_records(&log, 50);
@@ -150,7 +163,68 @@ fn preallocation_off_never_grows_the_file_past_its_data() {
         for i in 0..20 {
             append_n(&log, i, 1).await;
             tokio::time::sleep(Duration::from_millis(1)).await;
-            assert_eq!(len(&path), SEGMENT_HEADER_BYTES as u64 + (i + 1) * FRAME);
+            let data_end = SEGMENT_HEADER_BYTES as u64 + (i + 1) * FRAME;
+            assert_eq!(len(&path), data_file_len(&log, data_end));
         }
+    });
+}
+
+/// True when the filesystem of `dir` takes `O_DIRECT` (tmpfs does not).
+fn takes_o_direct(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let probe = dir.join("probe");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok()
+}
+
+#[test]
+fn segments_are_written_direct_where_the_filesystem_takes_it() {
+    common::run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let takes_direct = takes_o_direct(dir.path());
+        for direct_io in [true, false] {
+            let sub = dir.path().join(format!("direct-{direct_io}"));
+            let mut o = opts(&sub, 0);
+            o.direct_io = direct_io;
+            let (log, _) = common::open(o.clone()).await;
+            assert_eq!(log.direct_io(), direct_io && takes_direct);
+            append_n(&log, 0, 30).await;
+            let path = seg_path(&sub, 0);
+            let data_end = SEGMENT_HEADER_BYTES as u64 + 30 * FRAME;
+            assert_eq!(len(&path), data_file_len(&log, data_end));
+            // A crash: the block padding stays, and reads back as no data and nothing torn.
+            drop(log);
+            let log = reopen_intact(o.clone(), 30).await;
+            // Appends after reopening continue inside the partly written block.
+            append_n(&log, 30, 7).await;
+            assert_records(&log, 37);
+            log.close().await.expect("close");
+            assert_eq!(len(&path), SEGMENT_HEADER_BYTES as u64 + 37 * FRAME);
+            drop(log);
+            reopen_intact(o, 37).await;
+        }
+    });
+}
+
+#[test]
+fn sealed_segments_hold_only_their_data_without_preallocation_too() {
+    common::run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut o = opts(dir.path(), 0);
+        o.segment_bytes_max = SEGMENT_HEADER_BYTES as u64 + 10 * FRAME;
+        let (log, _) = common::open(o.clone()).await;
+        append_n(&log, 0, 35).await;
+        let segments = log.segments();
+        assert_eq!(segments.len(), 4);
+        for s in segments.iter().filter(|s| s.sealed) {
+            assert_eq!(len(&s.path), s.bytes, "{}", s.path.display());
+        }
+        assert_records(&log, 35);
+        drop(log);
+        reopen_intact(o, 35).await;
     });
 }

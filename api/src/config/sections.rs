@@ -102,6 +102,9 @@ section! {
         /// How long a commit waits for more records before writing a batch that is not full
         /// (0 = write as soon as the previous fsync ends).
         batch_linger_us: u64 = d::BATCH_LINGER_US,
+        /// Write the active segment with `O_DIRECT`, around the page cache, where the
+        /// filesystem takes it (not on tmpfs); `false` writes through the page cache.
+        direct_io: bool = true,
     }
 }
 

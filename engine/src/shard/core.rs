@@ -67,6 +67,7 @@ pub(crate) fn log_options(
     opts.segment_age_max = cfg.segment_age_max;
     opts.batch_bytes_max = cfg.batch_bytes_max;
     opts.batch_linger = cfg.batch_linger;
+    opts.direct_io = cfg.direct_io;
     opts.frame_bytes_max = cfg.frame_bytes_max;
     (dir, opts)
 }

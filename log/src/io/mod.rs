@@ -2,6 +2,8 @@
 //! [`Backend`], so the log runs on io_uring, on a portable pwrite + fdatasync fallback, or on a
 //! simulated disk for deterministic fault tests.
 //!
+//! Segment files are written with `O_DIRECT` where the filesystem takes it (see [`direct`]).
+//!
 //! Reads are not part of the seam: sealed segments are memory-mapped and the durable part of the
 //! active segment is read with `pread`, which hits the page cache for data just written.
 //!
@@ -10,6 +12,7 @@
 //! `tokio_uring::start` and a no-op round trip through the ring succeeds, else the portable
 //! backend. The choice is logged with `tracing` and reported as [`IoKind`].
 
+pub(crate) mod direct;
 mod portable;
 mod sim;
 mod uring;
@@ -86,6 +89,16 @@ impl SegmentIo for SegmentFile {
     }
 }
 
+/// A segment opened for writing ([`Backend::segment_writer`]).
+pub(crate) struct SegmentWriter {
+    pub file: SegmentFile,
+    /// A write handle on the same file for the zero-filler (direct when `direct`).
+    pub zero_fill: File,
+    /// Writes bypass the page cache: positions and lengths of `zero_fill`'s writes must be
+    /// multiples of [`direct::BLOCK`], from aligned memory.
+    pub direct: bool,
+}
+
 /// The chosen backend; opens files and does the directory-level operations.
 #[derive(Clone, Debug)]
 pub(crate) enum Backend {
@@ -110,6 +123,40 @@ impl Backend {
             Backend::Portable => SegmentFile::Portable(portable::PortableFile::new(file)),
             Backend::Sim(disk) => SegmentFile::Sim(disk.wrap(file, path)),
         }
+    }
+
+    /// The write side of a segment: `file` (opened read + write, at `path`) wrapped for the
+    /// write path, and a second write handle for the zero-filler. With `direct`, on a backend
+    /// that does real I/O and a filesystem that takes `O_DIRECT`, both write around the page
+    /// cache; `file` then only serves reads of a partly written block.
+    pub fn segment_writer(
+        &self,
+        file: File,
+        path: &Path,
+        direct: bool,
+    ) -> io::Result<SegmentWriter> {
+        let handle = match self {
+            Backend::Uring | Backend::Portable if direct => direct::open(path)?,
+            _ => None,
+        };
+        let Some(handle) = handle else {
+            let zero_fill = file.try_clone()?;
+            return Ok(SegmentWriter {
+                file: self.wrap(file, path),
+                zero_fill,
+                direct: false,
+            });
+        };
+        let zero_fill = handle.try_clone()?;
+        let file = match self {
+            Backend::Uring => SegmentFile::Uring(uring::UringFile::direct(handle, file)),
+            _ => SegmentFile::Portable(portable::PortableFile::direct(handle, file)),
+        };
+        Ok(SegmentWriter {
+            file,
+            zero_fill,
+            direct: true,
+        })
     }
 
     /// fsyncs a directory so that created, renamed or removed entries are durable.

@@ -1,6 +1,7 @@
 //! Portable backend: `pwrite` + `fdatasync` with std, run on tokio's blocking pool so the shard's
 //! executor never blocks on the disk.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -8,16 +9,28 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::SegmentIo;
+use super::direct::DirectTail;
 
 /// A file written through the blocking pool.
 pub(crate) struct PortableFile {
     file: Arc<File>,
+    /// Set when `file` was opened with `O_DIRECT` (see `direct`).
+    direct: Option<RefCell<DirectTail>>,
 }
 
 impl PortableFile {
     pub fn new(file: File) -> Self {
         PortableFile {
             file: Arc::new(file),
+            direct: None,
+        }
+    }
+
+    /// `file` opened with `O_DIRECT`; `plain`, a buffered handle on the same file.
+    pub fn direct(file: File, plain: File) -> Self {
+        PortableFile {
+            file: Arc::new(file),
+            direct: Some(RefCell::new(DirectTail::new(plain))),
         }
     }
 }
@@ -29,6 +42,26 @@ fn joined<T>(r: Result<T, tokio::task::JoinError>) -> io::Result<T> {
 impl SegmentIo for PortableFile {
     async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
         let file = Arc::clone(&self.file);
+        if let Some(direct) = &self.direct {
+            let (aligned, start) = match direct.borrow_mut().stage(&buf, pos) {
+                Ok(staged) => staged,
+                Err(e) => return (Err(e), buf),
+            };
+            let written = tokio::task::spawn_blocking(move || {
+                let r = file.write_all_at(aligned.as_slice(), start);
+                (r, aligned)
+            })
+            .await;
+            return match written {
+                Ok((res, aligned)) => {
+                    let end = pos + buf.len() as u64;
+                    direct.borrow_mut().finish(aligned, start, end, res.is_ok());
+                    (res, buf)
+                }
+                // As below: the write may or may not have happened; the log is poisoned.
+                Err(e) => (Err(io::Error::other(e)), buf),
+            };
+        }
         match tokio::task::spawn_blocking(move || {
             let r = file.write_all_at(&buf, pos);
             (r, buf)

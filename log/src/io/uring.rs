@@ -5,6 +5,7 @@
 //! it never has two writes in flight, since io_uring may complete operations submitted together
 //! in any order.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::future::Future;
 use std::io;
@@ -15,16 +16,28 @@ use std::sync::Once;
 use std::task::{Context, Poll, Waker};
 
 use super::SegmentIo;
+use super::direct::DirectTail;
 
 /// A file written through the ring.
 pub(crate) struct UringFile {
     file: tokio_uring::fs::File,
+    /// Set when `file` was opened with `O_DIRECT` (see `direct`).
+    direct: Option<RefCell<DirectTail>>,
 }
 
 impl UringFile {
     pub fn new(file: File) -> Self {
         UringFile {
             file: tokio_uring::fs::File::from_std(file),
+            direct: None,
+        }
+    }
+
+    /// `file` opened with `O_DIRECT`; `plain`, a buffered handle on the same file.
+    pub fn direct(file: File, plain: File) -> Self {
+        UringFile {
+            file: tokio_uring::fs::File::from_std(file),
+            direct: Some(RefCell::new(DirectTail::new(plain))),
         }
     }
 }
@@ -34,7 +47,17 @@ impl SegmentIo for UringFile {
         if buf.is_empty() {
             return (Ok(()), buf);
         }
-        self.file.write_all_at(buf, pos).await
+        let Some(direct) = &self.direct else {
+            return self.file.write_all_at(buf, pos).await;
+        };
+        let (aligned, start) = match direct.borrow_mut().stage(&buf, pos) {
+            Ok(staged) => staged,
+            Err(e) => return (Err(e), buf),
+        };
+        let (res, aligned) = self.file.write_all_at(aligned, start).await;
+        let end = pos + buf.len() as u64;
+        direct.borrow_mut().finish(aligned, start, end, res.is_ok());
+        (res, buf)
     }
 
     async fn sync_data(&self) -> io::Result<()> {
