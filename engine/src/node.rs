@@ -62,7 +62,7 @@ impl EngineConfig {
             segment_age_max: Duration::from_secs(3600),
             batch_bytes_max: 1 << 20,
             batch_linger: Duration::ZERO,
-            direct_io: true,
+            direct_io: false,
             frame_bytes_max: 8 << 20,
             allow_private_destinations: false,
             connect_timeout: Duration::from_secs(5),

@@ -242,6 +242,7 @@ async fn write_batch(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
     for &(offset, position) in &positions {
         st.active.index.note(offset, position);
     }
+    st.active.recent.push(st.active.durable_bytes, &w.buf);
     st.active.durable_bytes = w.write_pos;
     assert!(
         w.next_write_offset > st.durable_offset,
@@ -380,6 +381,7 @@ pub(crate) async fn roll_active(inner: &Inner, w: &mut Writer) -> Result<(), Err
             file: reader,
             durable_bytes: SEGMENT_HEADER_BYTES as u64,
             index: index::IndexBuilder::new(inner.opts.index_interval_bytes),
+            recent: crate::recent::Recent::for_writes(direct, inner.opts.recent_bytes_max),
         };
         st.sealed.push(sealed);
         st.active_created_unix_ms = created;

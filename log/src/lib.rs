@@ -25,6 +25,7 @@ mod offline;
 mod options;
 mod prealloc;
 mod reader;
+mod recent;
 mod recovery;
 mod segment;
 

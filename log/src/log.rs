@@ -19,6 +19,7 @@ use crate::frame::{self, FRAME_HEADER_BYTES};
 use crate::io::{self, Backend, IoKind};
 use crate::options::Options;
 use crate::reader::Reader;
+use crate::recent::Recent;
 use crate::recovery::{self, Params, now_unix_ms};
 use crate::segment::{self, ActiveView, Record, Sealed};
 
@@ -188,6 +189,7 @@ impl Log {
                 file: read_file,
                 durable_bytes: active.bytes,
                 index: active.index,
+                recent: Recent::for_writes(direct, opts.recent_bytes_max),
             },
             stats: Stats::default(),
         };

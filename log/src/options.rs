@@ -51,8 +51,15 @@ pub struct Options {
     pub preallocate_bytes: u64,
     /// Write the active segment with `O_DIRECT`, around the page cache (see the `io::direct`
     /// module), where the filesystem takes it; elsewhere (tmpfs) and on the simulated disk the
-    /// log writes buffered. Default true.
+    /// log writes buffered. Less CPU per record and more records per second at saturation, but
+    /// a longer ACK tail at moderate rates on the project's machine (BENCHMARKS.md §2, "Direct
+    /// I/O"). Default false.
     pub direct_io: bool,
+    /// With direct writes, bytes of the newest batches of the active segment kept in memory for
+    /// reads (see the `recent` module): a delivery reads its record soon after it was written,
+    /// and the page cache does not have it. Buffered writes leave it in the page cache and keep
+    /// nothing here. 0 turns it off. Default 4 MiB.
+    pub recent_bytes_max: usize,
 }
 
 impl Options {
@@ -70,7 +77,8 @@ impl Options {
             pending_bytes_max: 64 * 1024 * 1024,
             verify_sealed_on_open: true,
             preallocate_bytes: 1024 * 1024,
-            direct_io: true,
+            direct_io: false,
+            recent_bytes_max: 4 * 1024 * 1024,
         }
     }
 

@@ -133,6 +133,8 @@ pub(crate) struct ActiveView {
     /// Bytes of the file that are fsynced (header included).
     pub durable_bytes: u64,
     pub index: IndexBuilder,
+    /// The newest durable batches, served before `file`.
+    pub recent: crate::recent::Recent,
 }
 
 /// Reads the frame starting at `pos` (and ending before `end`) from a sealed segment.
@@ -164,6 +166,16 @@ pub(crate) fn active_frame_at(
     frame_bytes_max: u32,
 ) -> Result<(FrameHeader, Bytes), Error> {
     let corrupt = |reason: String| Error::corrupt(&seg.path, pos, reason);
+    if let Some(kept) = seg.recent.from(pos) {
+        return match frame::check(&kept, frame_bytes_max) {
+            FrameCheck::Valid(h) => {
+                let len = usize::try_from(h.frame_len())
+                    .map_err(|_| corrupt("frame length overflow".into()))?;
+                Ok((h, kept.slice(FRAME_HEADER_BYTES..len)))
+            }
+            bad => Err(corrupt(bad.reason())),
+        };
+    }
     let mut hb = [0u8; FRAME_HEADER_BYTES];
     if pos + FRAME_HEADER_BYTES as u64 > seg.durable_bytes {
         return Err(corrupt("frame header past the durable end".into()));
