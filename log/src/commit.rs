@@ -224,12 +224,11 @@ async fn write_batch(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
     let path = inner.state.borrow().active.path.clone();
 
     w.prealloc.clear_for(w.write_pos + len).await;
-    let (res, buf) = w.file.write_all_at(buf, w.write_pos).await;
+    // One write and one fdatasync, submitted together where the backend can.
+    let (res, buf) = w.file.write_all_at_synced(buf, w.write_pos).await;
     w.buf = buf;
-    res.map_err(|e| Error::io(&path, e))?;
-    let synced = w.file.sync_data().await;
     inner.state.borrow_mut().stats.fsyncs += 1;
-    synced.map_err(|e| Error::io(&path, e))?;
+    res.map_err(|e| Error::io(&path, e))?;
 
     // Durable from here on.
     let count = positions.len() as u64;
@@ -341,11 +340,8 @@ pub(crate) async fn roll_active(inner: &Inner, w: &mut Writer) -> Result<(), Err
         SEGMENT_HEADER_BYTES as u64,
     )?;
     let header = segment::encode_header(new_base, created).to_vec();
-    let (res, _) = file.write_all_at(header, 0).await;
+    let (res, _) = file.write_all_at_synced(header, 0).await;
     res.map_err(|e| Error::io(&new_path, e))?;
-    file.sync_data()
-        .await
-        .map_err(|e| Error::io(&new_path, e))?;
     backend.sync_dir(dir).await.map_err(|e| Error::io(dir, e))?;
     inner.state.borrow_mut().stats.fsyncs += 3;
 

@@ -252,10 +252,9 @@ pub(crate) async fn write_index_file_via(
     use crate::io::SegmentIo;
     let tmp = path.with_extension("idx.tmp");
     let f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let file = backend.wrap(f, &tmp);
-    let (res, _) = file.write_all_at(bytes, 0).await;
+    let file = backend.wrap(f, &tmp).map_err(|e| Error::io(&tmp, e))?;
+    let (res, _) = file.write_all_at_synced(bytes, 0).await;
     res.map_err(|e| Error::io(&tmp, e))?;
-    file.sync_data().await.map_err(|e| Error::io(&tmp, e))?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

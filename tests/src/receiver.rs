@@ -370,7 +370,9 @@ async fn handle(
             records.push(recorded);
         }
     }
-    state.arrived.send_replace(n + 1);
+    // Counted, not set from `n`: two requests finishing out of order must not lower the count
+    // (a `send_replace(n + 1)` here once left it at 19 of 20 and timed a test out).
+    state.arrived.send_modify(|arrived| *arrived += 1);
 
     if step.hang {
         tokio::time::sleep(HANG_MAX).await;

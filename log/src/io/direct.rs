@@ -96,26 +96,16 @@ impl AlignedBuf {
     }
 }
 
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         // SAFETY: allocated in `zeroed` with this very layout.
         unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
-    }
-}
-
-// SAFETY: the pointer stays valid and unmoved while the buffer lives (it is a heap allocation
-// owned by the buffer), `len` bytes are initialised and `cap` is the allocation's size.
-unsafe impl tokio_uring::buf::IoBuf for AlignedBuf {
-    fn stable_ptr(&self) -> *const u8 {
-        self.ptr.as_ptr()
-    }
-
-    fn bytes_init(&self) -> usize {
-        self.len
-    }
-
-    fn bytes_total(&self) -> usize {
-        self.cap
     }
 }
 

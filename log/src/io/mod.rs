@@ -14,6 +14,7 @@
 
 pub(crate) mod direct;
 mod portable;
+mod ring;
 mod sim;
 mod uring;
 
@@ -62,6 +63,14 @@ pub(crate) trait SegmentIo {
     async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>);
     /// `fdatasync`: the written data (and the file size) are durable when this returns Ok.
     async fn sync_data(&self) -> io::Result<()>;
+    /// `write_all_at`, then `sync_data`; a backend may submit the two together.
+    async fn write_all_at_synced(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
+        let (res, buf) = self.write_all_at(buf, pos).await;
+        match res {
+            Ok(()) => (self.sync_data().await, buf),
+            Err(e) => (Err(e), buf),
+        }
+    }
 }
 
 /// An open file on the chosen backend.
@@ -85,6 +94,14 @@ impl SegmentIo for SegmentFile {
             SegmentFile::Uring(f) => f.sync_data().await,
             SegmentFile::Portable(f) => f.sync_data().await,
             SegmentFile::Sim(f) => f.sync_data().await,
+        }
+    }
+
+    async fn write_all_at_synced(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            SegmentFile::Uring(f) => f.write_all_at_synced(buf, pos).await,
+            SegmentFile::Portable(f) => f.write_all_at_synced(buf, pos).await,
+            SegmentFile::Sim(f) => f.write_all_at_synced(buf, pos).await,
         }
     }
 }
@@ -116,13 +133,14 @@ impl Backend {
         }
     }
 
-    /// Wraps an already-open std file (opened read + write) for the write path.
-    pub fn wrap(&self, file: File, path: &Path) -> SegmentFile {
-        match self {
-            Backend::Uring => SegmentFile::Uring(uring::UringFile::new(file)),
+    /// Wraps an already-open std file (opened read + write) for the write path. Fails only
+    /// when io_uring cannot set up the file's ring.
+    pub fn wrap(&self, file: File, path: &Path) -> io::Result<SegmentFile> {
+        Ok(match self {
+            Backend::Uring => SegmentFile::Uring(uring::UringFile::new(file)?),
             Backend::Portable => SegmentFile::Portable(portable::PortableFile::new(file)),
             Backend::Sim(disk) => SegmentFile::Sim(disk.wrap(file, path)),
-        }
+        })
     }
 
     /// The write side of a segment: `file` (opened read + write, at `path`) wrapped for the
@@ -142,14 +160,14 @@ impl Backend {
         let Some(handle) = handle else {
             let zero_fill = file.try_clone()?;
             return Ok(SegmentWriter {
-                file: self.wrap(file, path),
+                file: self.wrap(file, path)?,
                 zero_fill,
                 direct: false,
             });
         };
         let zero_fill = handle.try_clone()?;
         let file = match self {
-            Backend::Uring => SegmentFile::Uring(uring::UringFile::direct(handle, file)),
+            Backend::Uring => SegmentFile::Uring(uring::UringFile::direct(handle, file)?),
             _ => SegmentFile::Portable(portable::PortableFile::direct(handle, file)),
         };
         Ok(SegmentWriter {

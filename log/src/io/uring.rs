@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::pin::pin;
@@ -17,51 +18,78 @@ use std::task::{Context, Poll, Waker};
 
 use super::SegmentIo;
 use super::direct::DirectTail;
+use super::ring::SegmentRing;
 
-/// A file written through the ring.
+/// A segment (or index) file written through a ring of its own ([`SegmentRing`]): its write and
+/// `fdatasync` reach the kernel as soon as they are asked for, linked into one submission.
 pub(crate) struct UringFile {
-    file: tokio_uring::fs::File,
+    file: File,
+    ring: Box<SegmentRing>,
     /// Set when `file` was opened with `O_DIRECT` (see `direct`).
     direct: Option<RefCell<DirectTail>>,
 }
 
 impl UringFile {
-    pub fn new(file: File) -> Self {
-        UringFile {
-            file: tokio_uring::fs::File::from_std(file),
+    pub fn new(file: File) -> io::Result<Self> {
+        Ok(UringFile {
+            file,
+            ring: Box::new(SegmentRing::new()?),
             direct: None,
-        }
+        })
     }
 
     /// `file` opened with `O_DIRECT`; `plain`, a buffered handle on the same file.
-    pub fn direct(file: File, plain: File) -> Self {
-        UringFile {
-            file: tokio_uring::fs::File::from_std(file),
+    pub fn direct(file: File, plain: File) -> io::Result<Self> {
+        Ok(UringFile {
+            file,
+            ring: Box::new(SegmentRing::new()?),
             direct: Some(RefCell::new(DirectTail::new(plain))),
+        })
+    }
+
+    async fn write(&self, buf: Vec<u8>, pos: u64, sync: bool) -> (io::Result<()>, Vec<u8>) {
+        let fd = self.file.as_raw_fd();
+        let Some(direct) = &self.direct else {
+            if buf.is_empty() {
+                let synced = if sync {
+                    self.ring.sync(fd).await
+                } else {
+                    Ok(())
+                };
+                return (synced, buf);
+            }
+            return self.ring.write(fd, buf, pos, sync).await;
+        };
+        if buf.is_empty() {
+            let synced = if sync {
+                self.ring.sync(fd).await
+            } else {
+                Ok(())
+            };
+            return (synced, buf);
         }
+        let (aligned, start) = match direct.borrow_mut().stage(&buf, pos) {
+            Ok(staged) => staged,
+            Err(e) => return (Err(e), buf),
+        };
+        let (res, aligned) = self.ring.write(fd, aligned, start, sync).await;
+        let end = pos + buf.len() as u64;
+        direct.borrow_mut().finish(aligned, start, end, res.is_ok());
+        (res, buf)
     }
 }
 
 impl SegmentIo for UringFile {
     async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
-        if buf.is_empty() {
-            return (Ok(()), buf);
-        }
-        let Some(direct) = &self.direct else {
-            return self.file.write_all_at(buf, pos).await;
-        };
-        let (aligned, start) = match direct.borrow_mut().stage(&buf, pos) {
-            Ok(staged) => staged,
-            Err(e) => return (Err(e), buf),
-        };
-        let (res, aligned) = self.file.write_all_at(aligned, start).await;
-        let end = pos + buf.len() as u64;
-        direct.borrow_mut().finish(aligned, start, end, res.is_ok());
-        (res, buf)
+        self.write(buf, pos, false).await
     }
 
     async fn sync_data(&self) -> io::Result<()> {
-        self.file.sync_data().await
+        self.ring.sync(self.file.as_raw_fd()).await
+    }
+
+    async fn write_all_at_synced(&self, buf: Vec<u8>, pos: u64) -> (io::Result<()>, Vec<u8>) {
+        self.write(buf, pos, true).await
     }
 }
 
