@@ -51,9 +51,9 @@ pub struct Options {
     pub preallocate_bytes: u64,
     /// Write the active segment with `O_DIRECT`, around the page cache (see the `io::direct`
     /// module), where the filesystem takes it; elsewhere (tmpfs) and on the simulated disk the
-    /// log writes buffered. Less CPU per record and more records per second at saturation, but
-    /// a longer ACK tail at moderate rates on the project's machine (BENCHMARKS.md §2, "Direct
-    /// I/O"). Default false.
+    /// log writes buffered. Less CPU per record at moderate rates on the project's machine,
+    /// the same tail and saturated rate within the noise (BENCHMARKS.md §2, "Direct I/O").
+    /// Default false.
     pub direct_io: bool,
     /// With direct writes, bytes of the newest batches of the active segment kept in memory for
     /// reads (see the `recent` module): a delivery reads its record soon after it was written,

@@ -103,8 +103,8 @@ section! {
         /// (0 = write as soon as the previous fsync ends).
         batch_linger_us: u64 = d::BATCH_LINGER_US,
         /// Write the active segment with `O_DIRECT`, around the page cache, where the
-        /// filesystem takes it (not on tmpfs): less CPU per record and ~10 % more ACKs/s at
-        /// saturation, but a longer ACK tail at moderate rates (BENCHMARKS.md §2, "Direct I/O").
+        /// filesystem takes it (not on tmpfs): less CPU per record at moderate rates; tail
+        /// and saturated rate even with buffered writes (BENCHMARKS.md §2, "Direct I/O").
         direct_io: bool = false,
     }
 }

@@ -20,8 +20,8 @@
 //! `pread`, after the newest batches kept in memory (`recent`). The kernel keeps the page cache
 //! coherent with direct writes (it drops the cached pages of the range a direct write covers).
 //!
-//! Off by default (`Options::direct_io`): on the project's machine it saves CPU and raises the
-//! saturated ACK rate, but lengthened the ACK tail at moderate rates (BENCHMARKS.md §2).
+//! Off by default (`Options::direct_io`): on the project's machine it saves CPU at moderate
+//! rates, with the tail and the saturated rate even with buffered writes (BENCHMARKS.md §2).
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::fs::{File, OpenOptions};
