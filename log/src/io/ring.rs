@@ -107,9 +107,9 @@ impl SegmentRing {
         let mut op = InFlight::<()> {
             ring: self,
             buf: None,
-            pending: 1,
+            pending: 0,
         };
-        self.push(&[sqe])?;
+        self.push(&[sqe], &mut op.pending)?;
         let res = op.wait(id + 1).await;
         errno(res).map(drop)
     }
@@ -120,8 +120,9 @@ impl SegmentRing {
         id
     }
 
-    /// Queues `sqes` and submits them at once.
-    fn push(&self, sqes: &[squeue::Entry]) -> io::Result<()> {
+    /// Queues `sqes` and submits them at once. `pending` becomes their count once they are
+    /// queued (from then on the kernel may read their buffers), even if the submission fails.
+    fn push(&self, sqes: &[squeue::Entry], pending: &mut usize) -> io::Result<()> {
         // SAFETY: only the committer (one chain at a time, on this thread) touches the
         // submission queue, so `submission_shared` has no concurrent user.
         let mut sq = unsafe { self.ring.submission_shared() };
@@ -130,6 +131,7 @@ impl SegmentRing {
         unsafe { sq.push_multiple(sqes) }.map_err(|_| io::Error::other("io_uring queue full"))?;
         sq.sync();
         drop(sq);
+        *pending = sqes.len();
         self.ring.submit()?;
         Ok(())
     }
@@ -209,8 +211,7 @@ impl<B: AsRef<[u8]> + 'static> InFlight<'_, B> {
                         .user_data(id + 1),
                 );
             }
-            self.pending = sqes.len();
-            self.ring.push(&sqes)?;
+            self.ring.push(&sqes, &mut self.pending)?;
             let wrote = if rest.is_empty() {
                 None
             } else {

@@ -49,17 +49,6 @@ impl UringFile {
 
     async fn write(&self, buf: Vec<u8>, pos: u64, sync: bool) -> (io::Result<()>, Vec<u8>) {
         let fd = self.file.as_raw_fd();
-        let Some(direct) = &self.direct else {
-            if buf.is_empty() {
-                let synced = if sync {
-                    self.ring.sync(fd).await
-                } else {
-                    Ok(())
-                };
-                return (synced, buf);
-            }
-            return self.ring.write(fd, buf, pos, sync).await;
-        };
         if buf.is_empty() {
             let synced = if sync {
                 self.ring.sync(fd).await
@@ -68,6 +57,9 @@ impl UringFile {
             };
             return (synced, buf);
         }
+        let Some(direct) = &self.direct else {
+            return self.ring.write(fd, buf, pos, sync).await;
+        };
         let (aligned, start) = match direct.borrow_mut().stage(&buf, pos) {
             Ok(staged) => staged,
             Err(e) => return (Err(e), buf),
