@@ -79,6 +79,18 @@ struct Cli {
     /// Exit non-zero on GAP verdicts too.
     #[arg(long)]
     strict: bool,
+    /// Extra environment for every server under test, KEY=VALUE (repeatable), e.g.
+    /// `--server-env HOOKRELAY_LOG_DIRECT_IO=true`. A scenario's own settings win.
+    #[arg(long = "server-env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    server_env: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE`, with a non-empty key.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -137,19 +149,33 @@ async fn run(cli: Cli) -> ExitCode {
             .unwrap_or(1)
     });
     let work = cli.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let extra: Vec<String> = cli
+        .server_env
+        .iter()
+        .map(|(k, v)| format!(" {k}={v}"))
+        .collect();
     println!(
-        "hookrelay-chaos: bin={} seed={seed} mode={} shards={} euid={}",
+        "hookrelay-chaos: bin={} seed={seed} mode={} shards={} euid={}{}",
         bin.display(),
         if quick { "quick" } else { "full" },
         cli.shards,
         // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() }
+        unsafe { libc::geteuid() },
+        extra.concat()
     );
     let started = Instant::now();
     let mut rows = Vec::new();
+    let run = RunOpts {
+        bin: &bin,
+        quick,
+        seed,
+        shards: cli.shards,
+        work: &work,
+        keep: cli.keep,
+        server_env: &cli.server_env,
+    };
     for scenario in chosen {
-        let row = run_one(scenario, &bin, quick, seed, cli.shards, &work, cli.keep).await;
-        rows.push(row);
+        rows.push(run_one(scenario, &run).await);
     }
     println!(
         "\n== hookrelay-chaos summary (seed {seed}, {:.0}s)",
@@ -193,15 +219,27 @@ fn choose(targets: &[String]) -> anyhow::Result<Vec<&'static Scenario>> {
     Ok(out)
 }
 
-async fn run_one(
-    scenario: &'static Scenario,
-    bin: &Path,
+/// What every scenario of one invocation shares.
+struct RunOpts<'a> {
+    bin: &'a Path,
     quick: bool,
     seed: u64,
     shards: usize,
-    work: &Path,
+    work: &'a Path,
     keep: bool,
-) -> Row {
+    server_env: &'a [(String, String)],
+}
+
+async fn run_one(scenario: &'static Scenario, run: &RunOpts<'_>) -> Row {
+    let RunOpts {
+        bin,
+        quick,
+        seed,
+        shards,
+        work,
+        keep,
+        server_env,
+    } = *run;
     let scenario_seed = rng::hash_str(seed, scenario.name);
     println!(
         "\n== {} ({}) seed {seed}",
@@ -231,6 +269,7 @@ async fn run_one(
         rng: rng::Rng::new(scenario_seed),
         dir: dir.path().to_path_buf(),
         shards,
+        server_env: server_env.to_vec(),
     };
     let budget = if quick {
         scenario.budget_quick
@@ -295,4 +334,37 @@ fn find_binary(bin: Option<&Path>, prefer_debug: bool) -> anyhow::Result<PathBuf
         "no hookrelay binary found (tried {}); build it with `cargo build --release -p hookrelay-api` or pass --bin",
         tried.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn server_env_takes_key_value_pairs_and_refuses_anything_else() {
+        let cli = Cli::try_parse_from([
+            "hookrelay-chaos",
+            "ci",
+            "--server-env",
+            "HOOKRELAY_LOG_DIRECT_IO=true",
+            "--server-env",
+            "A=b=c",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.server_env,
+            [
+                ("HOOKRELAY_LOG_DIRECT_IO".to_string(), "true".to_string()),
+                ("A".to_string(), "b=c".to_string()),
+            ]
+        );
+        for bad in ["NOVALUE", "=x"] {
+            let Err(e) = Cli::try_parse_from(["hookrelay-chaos", "ci", "--server-env", bad]) else {
+                panic!("{bad:?} must be refused");
+            };
+            assert!(e.to_string().contains("expected KEY=VALUE"), "{e}");
+        }
+    }
 }

@@ -123,7 +123,7 @@ impl Pair {
                 log_dir: dir,
                 port: free_port()?,
                 shards: ctx.shards,
-                env: repl.env(),
+                env: ctx.server_env.iter().cloned().chain(repl.env()).collect(),
             })
         };
         let (spec_a, spec_b) = (spec("a", &opts.a)?, spec("b", &opts.b)?);

@@ -46,6 +46,8 @@ pub struct Ctx {
     /// A fresh directory for this scenario (data dirs, logs, mounts).
     pub dir: PathBuf,
     pub shards: usize,
+    /// `--server-env`: set on every server before the scenario's own settings.
+    pub server_env: Vec<(String, String)>,
 }
 
 impl Ctx {
@@ -162,14 +164,15 @@ pub struct Rig {
 impl Rig {
     pub async fn start(ctx: &mut Ctx, opts: RigOptions) -> anyhow::Result<Self> {
         let receiver = Receiver::start(opts.policy).await?;
-        let mut env = vec![
+        let mut env = ctx.server_env.clone();
+        env.extend([
             // One probe per second while a circuit is open (default 30 s), so a scenario's
             // drain is bounded by seconds, not by the breaker.
             (
                 "HOOKRELAY_DELIVERY_CIRCUIT_PROBE_INTERVAL_MS".to_string(),
                 "1000".to_string(),
             ),
-        ];
+        ]);
         env.extend(opts.env);
         let spec = ServerSpec {
             bin: ctx.bin.clone(),
