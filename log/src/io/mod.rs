@@ -2,10 +2,12 @@
 //! [`Backend`], so the log runs on io_uring, on a portable pwrite + fdatasync fallback, or on a
 //! simulated disk for deterministic fault tests.
 //!
-//! Segment files are written with `O_DIRECT` where the filesystem takes it (see [`direct`]).
+//! With `Options::direct_io`, segment files are written with `O_DIRECT` where the filesystem
+//! takes it (see [`direct`]).
 //!
 //! Reads are not part of the seam: sealed segments are memory-mapped and the durable part of the
-//! active segment is read with `pread`, which hits the page cache for data just written.
+//! active segment is read with `pread` (the page cache holds data just written buffered; after
+//! direct writes, the log's `recent` batches serve it first).
 //!
 //! Backend choice ([`IoMode::Auto`]): the environment variable `HOOKRELAY_LOG_IO`
 //! (`uring` | `portable`) wins; otherwise io_uring is used when the caller runs inside

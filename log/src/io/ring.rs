@@ -100,10 +100,7 @@ impl SegmentRing {
     pub async fn sync(&self, fd: RawFd) -> io::Result<()> {
         self.settle_abandoned()?;
         let id = self.take_id();
-        let sqe = opcode::Fsync::new(types::Fd(fd))
-            .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(id + 1);
+        let sqe = fdatasync(fd, id + 1);
         let mut op = InFlight::<()> {
             ring: self,
             buf: None,
@@ -204,12 +201,7 @@ impl<B: AsRef<[u8]> + 'static> InFlight<'_, B> {
                 sqes.push(w);
             }
             if !synced {
-                sqes.push(
-                    opcode::Fsync::new(types::Fd(fd))
-                        .flags(types::FsyncFlags::DATASYNC)
-                        .build()
-                        .user_data(id + 1),
-                );
+                sqes.push(fdatasync(fd, id + 1));
             }
             self.ring.push(&sqes, &mut self.pending)?;
             let wrote = if rest.is_empty() {
@@ -294,6 +286,14 @@ impl<B: 'static> Drop for InFlight<'_, B> {
             }
         }
     }
+}
+
+/// An `fdatasync` of `fd` tagged `user_data`.
+fn fdatasync(fd: RawFd, user_data: u64) -> squeue::Entry {
+    opcode::Fsync::new(types::Fd(fd))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .user_data(user_data)
 }
 
 /// A completion's result as a byte count or an error.

@@ -1,9 +1,9 @@
-//! io_uring backend through `tokio_uring::fs::File`. Only usable inside `tokio_uring::start`
-//! (the ring lives in that runtime's thread-local context); [`probe`] checks exactly that.
+//! io_uring backend. Segment and index files are written through a ring of their own
+//! ([`SegmentRing`]); directory `fsync`, `remove_file` and [`probe`] use tokio-uring's ring, so
+//! the backend is only usable inside `tokio_uring::start`, which [`probe`] checks.
 //!
-//! Ordering: the log submits one write, awaits it, then one `fdatasync`, then acknowledges;
-//! it never has two writes in flight, since io_uring may complete operations submitted together
-//! in any order.
+//! Ordering: the log has one chain in flight per file, a write and the `fdatasync` linked to it
+//! (`IOSQE_IO_LINK`: the sync starts once the write completed whole), then acknowledges.
 
 use std::cell::RefCell;
 use std::fs::File;
