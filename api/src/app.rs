@@ -15,10 +15,11 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 
 use hookrelay_engine::shard::ShardCtx;
 
+use crate::balance::{MoveSignal, Moved, ShardBalance, serve_movable};
 use crate::config::Config;
 use crate::problem::{Code, Problem};
 use crate::routes;
@@ -31,10 +32,17 @@ pub struct App {
     pub config: Arc<Config>,
     /// Base of absolute URLs the API hands out (`ingest_url`).
     pub public_url: String,
+    /// This shard's side of the connection balancer.
+    pub balance: Rc<ShardBalance>,
 }
 
-/// Accepts connections on this thread's listener until shutdown.
-pub async fn serve(listener: std::net::TcpListener, app: Rc<App>) {
+/// Accepts connections on this thread's listener, and the connections other shards hand over
+/// (see [`crate::balance`]), until shutdown.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    mut moved_in: tokio::sync::mpsc::Receiver<Moved>,
+    app: Rc<App>,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -42,6 +50,7 @@ pub async fn serve(listener: std::net::TcpListener, app: Rc<App>) {
             return;
         }
     };
+    tokio::task::spawn_local(app.balance.clone().sample());
     let mut shutdown = app.shard.node.shutdown_signal();
     loop {
         tokio::select! {
@@ -56,12 +65,58 @@ pub async fn serve(listener: std::net::TcpListener, app: Rc<App>) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            Some(moved) = moved_in.recv() => match tokio::net::TcpStream::from_std(moved.stream) {
+                Ok(stream) => {
+                    tokio::task::spawn_local(serve_connection(stream, moved.peer, app.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot register a handed-over connection"),
+            },
             _ = shutdown.changed() => break,
         }
     }
 }
 
+/// Serves one connection until it ends or moves to another shard (then hands it over).
 async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, app: Rc<App>) {
+    let _open = app.balance.connection();
+    let mut stream = stream;
+    loop {
+        let (to, io) = match serve_http1(stream, peer, &app).await {
+            Some(moving) => moving,
+            None => return,
+        };
+        let Ok(std_stream) = io.into_std() else {
+            return;
+        };
+        match app.balance.send(
+            to,
+            Moved {
+                stream: std_stream,
+                peer,
+            },
+        ) {
+            Ok(()) => return,
+            // The other shard is swamped with handed-over connections: serve it here again.
+            Err(back) => match tokio::net::TcpStream::from_std(back.stream) {
+                Ok(s) => stream = s,
+                Err(e) => {
+                    tracing::warn!(error = %e, %peer, "cannot register a connection again");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on `stream` until the connection ends (`None`), or until it reaches a point
+/// between two requests where it should move to another shard: then the shard and the stream,
+/// with no byte read ahead.
+async fn serve_http1(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: &Rc<App>,
+) -> Option<(usize, tokio::net::TcpStream)> {
+    let signal = MoveSignal::new();
     let limits = &app.config.ingest;
     let mut builder = http1::Builder::new();
     builder
@@ -70,14 +125,37 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, app: 
         .max_headers(limits.max_headers as usize)
         // hyper's read buffer bounds the request head; it cannot go below 8 KiB.
         .max_buf_size((limits.max_header_bytes as usize).max(8192));
-    let service = service_fn(move |req: Request<Incoming>| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(route(&app, peer, req).await) }
-    });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    let service = {
+        let (app, signal) = (app.clone(), signal.clone());
+        service_fn(move |req: Request<Incoming>| {
+            signal.on_request();
+            let (app, signal) = (app.clone(), signal.clone());
+            async move {
+                // Only after an ingest answer: its body was read whole, the answer is small and
+                // written in one go, and ingest is the load worth spreading.
+                let ingest = is_ingest(&req);
+                let response = route(&app, peer, req).await;
+                if ingest
+                    && !signal.is_moving()
+                    && let Some(to) = app.balance.want_move()
+                {
+                    signal.move_after_answer(to);
+                }
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    match serve_movable(&builder, stream, service, &signal).await {
+        Ok(moving) => moving,
+        Err(e) => {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+            None
+        }
     }
+}
+
+fn is_ingest(req: &Request<Incoming>) -> bool {
+    req.method() == Method::POST && req.uri().path().starts_with("/ingest/")
 }
 
 /// Dispatches a request to its handler by method and path.

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod balance;
 pub mod body;
 pub mod cli;
 pub mod config;

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::app::{self, App};
 use crate::auth::generate_key;
+use crate::balance::{Balancer, Moved, ShardBalance};
 use crate::config::{Config, LogIo};
 use crate::listener::bind_reuseport_group;
 
@@ -142,10 +143,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let balancer = Balancer::new(shards, config.server.balance_connections);
     let mut threads = Vec::with_capacity(shards);
     for (i, listener) in listeners.into_iter().enumerate() {
         let inbox = node.take_inbox(i).context("shard inbox taken twice")?;
+        let moved_in = balancer
+            .take_inbox(i)
+            .context("connection inbox taken twice")?;
         let (node, config, public_url) = (node.clone(), config.clone(), public_url.clone());
+        let balancer = balancer.clone();
         let core = cores.get(i % cores.len().max(1)).copied();
         let handle = std::thread::Builder::new()
             .name(format!("shard-{i}"))
@@ -153,7 +159,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                run_shard_thread(i, node, config, public_url, listener, inbox)
+                let shard = Shard {
+                    i,
+                    node,
+                    config,
+                    public_url,
+                    balancer,
+                };
+                run_shard_thread(shard, listener, inbox, moved_in)
             })
             .context("spawning a shard thread")?;
         threads.push(handle);
@@ -306,15 +319,29 @@ fn bootstrap_root_key(node: &Node) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One shard thread: a tokio_uring runtime when io_uring works, else a plain one.
-fn run_shard_thread(
+/// What a shard thread starts from.
+struct Shard {
     i: usize,
     node: Node,
     config: Arc<Config>,
     public_url: String,
+    balancer: Arc<Balancer>,
+}
+
+/// One shard thread: a tokio_uring runtime when io_uring works, else a plain one.
+fn run_shard_thread(
+    shard: Shard,
     listener: std::net::TcpListener,
     inbox: mpsc::Receiver<ShardMsg>,
+    moved_in: mpsc::Receiver<Moved>,
 ) -> anyhow::Result<()> {
+    let Shard {
+        i,
+        node,
+        config,
+        public_url,
+        balancer,
+    } = shard;
     let want_uring = !matches!(config.log.io, LogIo::Portable);
     let body = async move {
         let ctx = ShardCtx::new(i, node.clone());
@@ -322,11 +349,12 @@ fn run_shard_thread(
             shard: ctx.clone(),
             config,
             public_url,
+            balance: ShardBalance::new(i, balancer),
         });
         if i == 0 {
             tokio::task::spawn_local(crate::replay::resume_all(app.clone()));
         }
-        tokio::task::spawn_local(app::serve(listener, app));
+        tokio::task::spawn_local(app::serve(listener, moved_in, app));
         let result = shard::run(ctx, inbox).await;
         if let Err(e) = &result {
             tracing::error!(shard = i, error = %e, "shard failed; stopping the node");

@@ -24,6 +24,11 @@ section! {
         /// The threads a shard starts (the log's fsync and zero-fill workers) inherit its core.
         /// BENCHMARKS.md measures both settings.
         pin_shards: bool = true,
+        /// Let a busy shard hand keep-alive connections to a less busy one, between two
+        /// requests. An endpoint's work stays on its own shard; this spreads the HTTP work
+        /// (reading, verifying, answering) when one endpoint takes most of the traffic.
+        /// BENCHMARKS.md measures both settings.
+        balance_connections: bool = true,
         /// Base of the absolute URLs the API hands out (an endpoint's `ingest_url`), e.g.
         /// `https://hooks.example.com`. Unset = `http://` + `server.listen`.
         public_url: Option<String> = None,

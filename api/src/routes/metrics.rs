@@ -31,6 +31,7 @@ pub async fn prometheus(app: &Rc<App>) -> HttpResponse {
     let exports = app.shard.metrics_export().await;
     let mut body = prometheus::render(&exports, app.shard.node.shards());
     app.shard.node.replication().render_prometheus(&mut body);
+    app.balance.shared().render_prometheus(&mut body);
     crate::replay::dlq_store(app)
         .stats()
         .render_prometheus(&mut body, hookrelay_engine::clock::mono_ms());

@@ -1,0 +1,216 @@
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::sync::mpsc as std_mpsc;
+use std::thread;
+
+use http_body_util::BodyExt as _;
+use hyper::Response;
+use hyper::service::service_fn;
+
+use super::*;
+
+#[test]
+fn a_busy_shard_picks_the_least_busy_one_by_a_clear_margin() {
+    assert_eq!(pick_target(0, &[900, 300]), Some(1));
+    assert_eq!(pick_target(1, &[300, 900]), Some(0));
+    assert_eq!(pick_target(0, &[900, 700, 400]), Some(2));
+    // Too close to the least busy shard, or not busy enough to matter.
+    assert_eq!(pick_target(0, &[800, 800 - MARGIN + 1]), None);
+    assert_eq!(pick_target(0, &[800, 800 - MARGIN]), Some(1));
+    assert_eq!(pick_target(0, &[BUSY_MIN - 1, 0]), None);
+    // One shard, or a shard that does not exist.
+    assert_eq!(pick_target(0, &[1000]), None);
+    assert_eq!(pick_target(2, &[1000, 0]), None);
+}
+
+#[test]
+fn moves_stop_when_the_budget_is_spent_or_balancing_is_off() {
+    let shared = Balancer::new(2, true);
+    shared.busy[0].store(900, Ordering::Relaxed);
+    let shard = ShardBalance::new(0, shared.clone());
+    // No sample taken yet: no budget.
+    assert_eq!(shard.want_move(), None);
+    shard.budget.set(2);
+    assert_eq!(shard.want_move(), Some(1));
+    assert_eq!(shard.want_move(), Some(1));
+    assert_eq!(shard.want_move(), None);
+
+    let off = Balancer::new(2, false);
+    off.busy[0].store(900, Ordering::Relaxed);
+    let shard = ShardBalance::new(0, off);
+    shard.budget.set(2);
+    assert_eq!(shard.want_move(), None);
+}
+
+#[test]
+fn the_exposition_has_each_shards_figures() {
+    let shared = Balancer::new(2, true);
+    shared.busy[1].store(625, Ordering::Relaxed);
+    shared.moved_out[0].store(7, Ordering::Relaxed);
+    let mut out = String::new();
+    shared.render_prometheus(&mut out);
+    assert!(
+        out.contains("hookrelay_shard_busy_ratio{shard=\"1\"} 0.625\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("hookrelay_connections_moved_total{shard=\"0\"} 7\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("hookrelay_connections_moved_total{shard=\"1\"} 0\n"),
+        "{out}"
+    );
+}
+
+/// Which answers of a connection ask to move it.
+#[derive(Clone, Copy, PartialEq)]
+enum Asks {
+    Never,
+    First,
+    Every,
+}
+
+/// Serves the connections it is handed, one at a time, on a thread of its own: every answer
+/// names `name`; the answers `asks` names ask to move the connection to `move_to`.
+fn shard_thread(
+    name: &'static str,
+    inbox: std_mpsc::Receiver<std::net::TcpStream>,
+    asks: Asks,
+    move_to: Option<std_mpsc::Sender<std::net::TcpStream>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        while let Ok(stream) = inbox.recv() {
+            local.block_on(&rt, async {
+                let stream = TcpStream::from_std(stream).unwrap();
+                let signal = MoveSignal::new();
+                let service = {
+                    let (signal, first) = (signal.clone(), Cell::new(true));
+                    service_fn(move |req: hyper::Request<Incoming>| {
+                        signal.on_request();
+                        let signal = signal.clone();
+                        let moves = asks == Asks::Every || (asks == Asks::First && first.get());
+                        first.set(false);
+                        async move {
+                            // As the ingest handler does: the whole body, then the answer.
+                            req.into_body().collect().await.unwrap();
+                            if moves {
+                                signal.move_after_answer(1);
+                            }
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                        }
+                    })
+                };
+                let moved = serve_movable(&http1::Builder::new(), stream, service, &signal)
+                    .await
+                    .unwrap();
+                match (moved, &move_to) {
+                    (Some((1, stream)), Some(tx)) => tx.send(stream.into_std().unwrap()).unwrap(),
+                    (None, _) => {}
+                    (other, _) => panic!("unexpected end: {:?}", other.map(|(to, _)| to)),
+                }
+            });
+        }
+    })
+}
+
+type Infallible = std::convert::Infallible;
+
+/// Sends one keep-alive request on `client` and returns the answer's body.
+fn request(client: &mut BufReader<std::net::TcpStream>, body: &str) -> String {
+    let req = format!(
+        "POST /ingest/ep HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    client.get_mut().write_all(req.as_bytes()).unwrap();
+    answer(client)
+}
+
+#[test]
+fn a_keep_alive_connection_moves_to_another_thread_between_two_requests() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (to_a, inbox_a) = std_mpsc::channel();
+    let (to_b, inbox_b) = std_mpsc::channel();
+    let a = shard_thread("A", inbox_a, Asks::Every, Some(to_b));
+    let b = shard_thread("B", inbox_b, Asks::Never, None);
+
+    let mut client = BufReader::new(std::net::TcpStream::connect(addr).unwrap());
+    let (accepted, _) = listener.accept().unwrap();
+    accepted.set_nonblocking(true).unwrap();
+    to_a.send(accepted).unwrap();
+
+    // A asks to move after every answer. A move happens once A sees the socket empty after an
+    // answer; a request sent quicker than that keeps the connection on A for one more answer.
+    // The same client socket goes on without a reconnect, and every request is answered.
+    assert_eq!(request(&mut client, "one"), "A");
+    let mut on_a = 1;
+    while request(&mut client, "next") == "A" {
+        on_a += 1;
+        assert!(on_a < 100, "the connection never moved");
+    }
+    assert_eq!(request(&mut client, "after"), "B");
+    assert_eq!(request(&mut client, "after"), "B");
+
+    // B ends the connection when the client closes it.
+    drop(client);
+    drop(to_a);
+    a.join().unwrap();
+    b.join().unwrap();
+}
+
+/// Reads one answer's body.
+fn answer(client: &mut BufReader<std::net::TcpStream>) -> String {
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        assert!(
+            client.read_line(&mut line).unwrap() > 0,
+            "connection closed"
+        );
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    client.read_exact(&mut body).unwrap();
+    String::from_utf8(body).unwrap()
+}
+
+#[test]
+fn pipelined_requests_are_all_answered_before_the_move() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (to_a, inbox_a) = std_mpsc::channel();
+    let (to_b, inbox_b) = std_mpsc::channel();
+    let a = shard_thread("A", inbox_a, Asks::First, Some(to_b));
+    let b = shard_thread("B", inbox_b, Asks::Never, None);
+
+    let mut client = BufReader::new(std::net::TcpStream::connect(addr).unwrap());
+    let (accepted, _) = listener.accept().unwrap();
+    accepted.set_nonblocking(true).unwrap();
+    // Two requests in one write, before A reads anything: A asks to move after the first
+    // answer, but the second request is already read ahead, so A gives the move up and answers
+    // both, and the connection stays.
+    let one = "POST /ingest/ep HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\n1";
+    client
+        .get_mut()
+        .write_all(format!("{one}{one}").as_bytes())
+        .unwrap();
+    to_a.send(accepted).unwrap();
+    assert_eq!(answer(&mut client), "A");
+    assert_eq!(answer(&mut client), "A");
+    assert_eq!(request(&mut client, "three"), "A");
+
+    drop(client);
+    drop(to_a);
+    a.join().unwrap();
+    b.join().unwrap();
+}
