@@ -11,8 +11,9 @@
 //! How:
 //! - Each shard samples its thread's CPU time every [`SAMPLE_INTERVAL`]
 //!   (`CLOCK_THREAD_CPUTIME_ID`) and publishes a smoothed busy figure.
-//! - After answering an ingest request, a shard that is at least [`BUSY_MIN`] busy and
-//!   [`MARGIN`] busier than the least busy shard marks the connection to move there: at most
+//! - After answering an ingest request, a shard that is busy (50 % of its core by default) and
+//!   busier than the least busy shard by a margin (15 points) marks the connection to move
+//!   there ([`Policy`]): at most
 //!   `max(1, connections / 32)` per interval, so the figures catch up between moves.
 //! - The move happens between two requests. Once the answer is flushed, the connection's IO
 //!   reports end-of-stream to hyper at its next read, if the socket has no unread byte; hyper
@@ -48,10 +49,28 @@ use tokio::sync::mpsc;
 
 /// How often each shard measures its thread's CPU time.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
-/// A shard below this share of its core (in ‰) keeps its connections.
-pub const BUSY_MIN: u32 = 500;
-/// How much busier (in ‰ of a core) a shard must be than the least busy one to hand over.
-pub const MARGIN: u32 = 150;
+/// When a shard hands connections over (`server.balance_*`).
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub enabled: bool,
+    /// A shard below this share of its core (in ‰) keeps its connections.
+    pub busy_min: u32,
+    /// How much busier (in ‰ of a core) a shard must be than the least busy one to hand over.
+    pub margin: u32,
+}
+
+impl Policy {
+    /// From `server.balance_connections`, `server.balance_busy_min_percent` and
+    /// `server.balance_margin_percent`.
+    pub fn from_percent(enabled: bool, busy_min: u64, margin: u64) -> Policy {
+        let permille = |p: u64| (p.min(100) * 10) as u32;
+        Policy {
+            enabled,
+            busy_min: permille(busy_min),
+            margin: permille(margin),
+        }
+    }
+}
 /// Moves per interval: one per this many open connections of the shard (at least one).
 const CONNECTIONS_PER_MOVE: usize = 32;
 /// Connections in flight to one shard's accept loop.
@@ -65,7 +84,7 @@ pub struct Moved {
 
 /// What every shard shares: the busy figures, the inboxes and the counters.
 pub struct Balancer {
-    enabled: bool,
+    policy: Policy,
     /// Each shard's smoothed share of its core, in ‰.
     busy: Box<[AtomicU32]>,
     /// Connections each shard handed to another.
@@ -75,8 +94,8 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// One balancer for `shards` shards; with `enabled` false, no connection ever moves.
-    pub fn new(shards: usize, enabled: bool) -> Arc<Balancer> {
+    /// One balancer for `shards` shards.
+    pub fn new(shards: usize, policy: Policy) -> Arc<Balancer> {
         let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..shards)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
@@ -84,7 +103,7 @@ impl Balancer {
             })
             .unzip();
         Arc::new(Balancer {
-            enabled,
+            policy,
             busy: (0..shards).map(|_| AtomicU32::new(0)).collect(),
             moved_out: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             inboxes: inboxes.into(),
@@ -124,9 +143,9 @@ impl Balancer {
 
 /// The shard a connection of shard `me` should move to, given every shard's busy figure (‰):
 /// the least busy one, when `me` is busy and clearly busier than it.
-pub fn pick_target(me: usize, busy: &[u32]) -> Option<usize> {
+pub fn pick_target(policy: &Policy, me: usize, busy: &[u32]) -> Option<usize> {
     let mine = *busy.get(me)?;
-    if mine < BUSY_MIN {
+    if !policy.enabled || mine < policy.busy_min {
         return None;
     }
     let (target, least) = busy
@@ -135,7 +154,7 @@ pub fn pick_target(me: usize, busy: &[u32]) -> Option<usize> {
         .enumerate()
         .filter(|&(i, _)| i != me)
         .min_by_key(|&(_, b)| b)?;
-    (mine >= least.saturating_add(MARGIN)).then_some(target)
+    (mine >= least.saturating_add(policy.margin)).then_some(target)
 }
 
 /// One shard's side of the balancer.
@@ -170,7 +189,7 @@ impl ShardBalance {
     /// Measures this thread's CPU time every [`SAMPLE_INTERVAL`] and refills the move budget.
     /// Run it on the shard's own thread; it returns at once when balancing is off.
     pub async fn sample(self: Rc<Self>) {
-        if !self.shared.enabled || self.shared.busy.len() < 2 {
+        if !self.shared.policy.enabled || self.shared.busy.len() < 2 {
             return;
         }
         let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
@@ -196,7 +215,7 @@ impl ShardBalance {
     /// After an answer: the shard this connection should move to, if any (takes one move from
     /// this interval's budget).
     pub fn want_move(&self) -> Option<usize> {
-        if !self.shared.enabled || self.budget.get() == 0 {
+        if !self.shared.policy.enabled || self.budget.get() == 0 {
             return None;
         }
         let busy: Vec<u32> = self
@@ -205,7 +224,7 @@ impl ShardBalance {
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
             .collect();
-        let target = pick_target(self.shard, &busy)?;
+        let target = pick_target(&self.shared.policy, self.shard, &busy)?;
         self.budget.set(self.budget.get() - 1);
         Some(target)
     }

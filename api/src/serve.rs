@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::app::{self, App};
 use crate::auth::generate_key;
-use crate::balance::{Balancer, Moved, ShardBalance};
+use crate::balance::{Balancer, Moved, Policy, ShardBalance};
 use crate::config::{Config, LogIo};
 use crate::listener::bind_reuseport_group;
 
@@ -143,7 +143,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let balancer = Balancer::new(shards, config.server.balance_connections);
+    let s = &config.server;
+    let policy = Policy::from_percent(
+        s.balance_connections,
+        s.balance_busy_min_percent,
+        s.balance_margin_percent,
+    );
+    let balancer = Balancer::new(shards, policy);
     let mut threads = Vec::with_capacity(shards);
     for (i, listener) in listeners.into_iter().enumerate() {
         let inbox = node.take_inbox(i).context("shard inbox taken twice")?;

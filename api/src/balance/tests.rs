@@ -8,23 +8,38 @@ use hyper::service::service_fn;
 
 use super::*;
 
+/// The default policy (`server.balance_*`).
+fn policy() -> Policy {
+    Policy::from_percent(true, 50, 15)
+}
+
 #[test]
 fn a_busy_shard_picks_the_least_busy_one_by_a_clear_margin() {
-    assert_eq!(pick_target(0, &[900, 300]), Some(1));
-    assert_eq!(pick_target(1, &[300, 900]), Some(0));
-    assert_eq!(pick_target(0, &[900, 700, 400]), Some(2));
+    let p = policy();
+    assert_eq!((p.busy_min, p.margin), (500, 150));
+    assert_eq!(pick_target(&p, 0, &[900, 300]), Some(1));
+    assert_eq!(pick_target(&p, 1, &[300, 900]), Some(0));
+    assert_eq!(pick_target(&p, 0, &[900, 700, 400]), Some(2));
     // Too close to the least busy shard, or not busy enough to matter.
-    assert_eq!(pick_target(0, &[800, 800 - MARGIN + 1]), None);
-    assert_eq!(pick_target(0, &[800, 800 - MARGIN]), Some(1));
-    assert_eq!(pick_target(0, &[BUSY_MIN - 1, 0]), None);
+    assert_eq!(pick_target(&p, 0, &[800, 651]), None);
+    assert_eq!(pick_target(&p, 0, &[800, 650]), Some(1));
+    assert_eq!(pick_target(&p, 0, &[499, 0]), None);
     // One shard, or a shard that does not exist.
-    assert_eq!(pick_target(0, &[1000]), None);
-    assert_eq!(pick_target(2, &[1000, 0]), None);
+    assert_eq!(pick_target(&p, 0, &[1000]), None);
+    assert_eq!(pick_target(&p, 2, &[1000, 0]), None);
+    // Off.
+    let off = Policy::from_percent(false, 50, 15);
+    assert_eq!(pick_target(&off, 0, &[900, 300]), None);
+    // No threshold and no margin: any shard at least as busy as another hands over.
+    let eager = Policy::from_percent(true, 0, 0);
+    assert_eq!(pick_target(&eager, 0, &[0, 0]), Some(1));
+    assert_eq!(pick_target(&eager, 1, &[0, 1]), Some(0));
+    assert_eq!(pick_target(&eager, 0, &[0, 1]), None);
 }
 
 #[test]
 fn moves_stop_when_the_budget_is_spent_or_balancing_is_off() {
-    let shared = Balancer::new(2, true);
+    let shared = Balancer::new(2, policy());
     shared.busy[0].store(900, Ordering::Relaxed);
     let shard = ShardBalance::new(0, shared.clone());
     // No sample taken yet: no budget.
@@ -34,7 +49,7 @@ fn moves_stop_when_the_budget_is_spent_or_balancing_is_off() {
     assert_eq!(shard.want_move(), Some(1));
     assert_eq!(shard.want_move(), None);
 
-    let off = Balancer::new(2, false);
+    let off = Balancer::new(2, Policy::from_percent(false, 50, 15));
     off.busy[0].store(900, Ordering::Relaxed);
     let shard = ShardBalance::new(0, off);
     shard.budget.set(2);
@@ -43,7 +58,7 @@ fn moves_stop_when_the_budget_is_spent_or_balancing_is_off() {
 
 #[test]
 fn the_exposition_has_each_shards_figures() {
-    let shared = Balancer::new(2, true);
+    let shared = Balancer::new(2, policy());
     shared.busy[1].store(625, Ordering::Relaxed);
     shared.moved_out[0].store(7, Ordering::Relaxed);
     let mut out = String::new();

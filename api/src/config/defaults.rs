@@ -9,6 +9,8 @@ pub const DATA_DIR: &str = "./data";
 /// 0 = one shard per core.
 pub const SHARDS: usize = 0;
 pub const SHUTDOWN_TIMEOUT_MS: u64 = 25_000;
+pub const BALANCE_BUSY_MIN_PERCENT: u64 = 50;
+pub const BALANCE_MARGIN_PERCENT: u64 = 15;
 
 pub const MAX_BODY_BYTES: u64 = 1 << 20;
 pub const SIGNATURE_TOLERANCE_S: u64 = 300;

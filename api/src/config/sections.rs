@@ -29,6 +29,11 @@ section! {
         /// (reading, verifying, answering) when one endpoint takes most of the traffic.
         /// BENCHMARKS.md measures both settings.
         balance_connections: bool = true,
+        /// A shard hands connections over only while its thread uses at least this share of
+        /// its core.
+        balance_busy_min_percent: u64 = d::BALANCE_BUSY_MIN_PERCENT,
+        /// ... and only to a shard at least this many points of a core less busy.
+        balance_margin_percent: u64 = d::BALANCE_MARGIN_PERCENT,
         /// Base of the absolute URLs the API hands out (an endpoint's `ingest_url`), e.g.
         /// `https://hooks.example.com`. Unset = `http://` + `server.listen`.
         public_url: Option<String> = None,

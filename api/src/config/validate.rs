@@ -10,6 +10,7 @@ pub const MAX_SHARDS: usize = hookrelay_engine::ids::SHARDS_MAX;
 /// `server.shutdown_timeout_ms` ceiling: SIGTERM must end the process within 30 s, and the
 /// final fsync and exit need the rest.
 const SHUTDOWN_TIMEOUT_MS: RangeInclusive<u64> = 0..=28_000;
+const PERCENT: RangeInclusive<u64> = 0..=100;
 const MAX_BODY_BYTES: RangeInclusive<u64> = 1024..=64 << 20;
 const SIGNATURE_TOLERANCE_S: RangeInclusive<u64> = 1..=86_400;
 const MAX_HEADERS: RangeInclusive<u64> = 8..=1_000;
@@ -41,6 +42,7 @@ pub(super) fn range_of(key: &str) -> Option<RangeInclusive<u64>> {
     Some(match key {
         "server.shards" => 0..=MAX_SHARDS as u64,
         "server.shutdown_timeout_ms" => SHUTDOWN_TIMEOUT_MS,
+        "server.balance_busy_min_percent" | "server.balance_margin_percent" => PERCENT,
         "ingest.max_body_bytes" => MAX_BODY_BYTES,
         "ingest.signature_tolerance_s" => SIGNATURE_TOLERANCE_S,
         "ingest.max_headers" => MAX_HEADERS,
@@ -75,6 +77,11 @@ pub(super) fn check(c: &Config) -> Vec<(String, String)> {
 
     let s = &c.server;
     v.range("server.shards", u64::try_from(s.shards).unwrap_or(u64::MAX));
+    v.range(
+        "server.balance_busy_min_percent",
+        s.balance_busy_min_percent,
+    );
+    v.range("server.balance_margin_percent", s.balance_margin_percent);
     if s.data_dir.as_os_str().is_empty() {
         v.fail("server.data_dir", "must not be empty");
     } else if s.data_dir.to_str().is_none() {
