@@ -1,5 +1,5 @@
-//! Connection balancing: a shard much busier than another hands some of its keep-alive
-//! connections over to it, between two requests.
+//! Connection balancing (`server.balance_connections`, off by default): a shard much busier than
+//! another hands some of its keep-alive connections over to it, between two requests.
 //!
 //! Why: an endpoint belongs to one shard (Architecture Invariant 3), which does the engine work
 //! of every request for it, whichever shard's socket the request came in on. With one hot
@@ -23,7 +23,13 @@
 //! - When the other shard's inbox is full, the connection is served again where it is.
 //!
 //! A sender that pipelines (sends its next request before the answer to the last one came
-//! back) leaves bytes in the socket, so its connection is not moved at that point.
+//! back) leaves bytes in the socket or in hyper's buffer, so its connection is not moved at
+//! that point.
+//!
+//! The cost: every request that comes in on a shard other than its endpoint's owner is handed
+//! to the owner and its answer handed back, so evening the HTTP work out hands more requests
+//! between shards. On the 2-core bench machine, where the load generator shares the cores, the
+//! two costs cancel out (BENCHMARKS.md); hence off by default.
 
 use std::cell::Cell;
 use std::fmt::Write as _;

@@ -1,5 +1,6 @@
-//! `server.balance_connections` (config reference): a busy shard hands keep-alive connections to
-//! a less busy one between two requests. With no threshold and no margin, every shard hands
+//! `server.balance_connections` (config reference, off by default): a busy shard hands
+//! keep-alive connections to a less busy one between two requests. With no threshold and no
+//! margin, every shard hands
 //! connections over all the time, so connections bounce between the shards while senders keep
 //! sending on them: each sender must see one connection that never drops, and every request must
 //! be answered and stored exactly once.
@@ -89,6 +90,7 @@ async fn connections_bounce_between_shards_and_nothing_is_lost() {
     let s = Scenario::start_with(
         ServerOptions::default()
             .shards(2)
+            .env("HOOKRELAY_SERVER_BALANCE_CONNECTIONS", "true")
             .env("HOOKRELAY_SERVER_BALANCE_BUSY_MIN_PERCENT", "0")
             .env("HOOKRELAY_SERVER_BALANCE_MARGIN_PERCENT", "0"),
     )
@@ -136,4 +138,31 @@ async fn connections_bounce_between_shards_and_nothing_is_lost() {
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert_eq!(created, Some(answered as f64), "{text}");
     eprintln!("{answered} requests on {SENDERS} connections; {moved} moves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_no_connection_moves() {
+    let s = Scenario::start_with(
+        ServerOptions::default()
+            .shards(2)
+            // Thresholds that would move connections all the time, were balancing on.
+            .env("HOOKRELAY_SERVER_BALANCE_BUSY_MIN_PERCENT", "0")
+            .env("HOOKRELAY_SERVER_BALANCE_MARGIN_PERCENT", "0"),
+    )
+    .await;
+    let endpoint = s.endpoint("http://127.0.0.1:9/in", json!({})).await;
+    let endpoint_id = str_field(&endpoint, "id");
+    s.api.pause(&s.admin_key, &endpoint_id).await;
+    let until = Instant::now() + Duration::from_millis(800);
+    let answered = send_on_one_connection(s.server.addr(), endpoint_id, 0, until)
+        .await
+        .len();
+    let metrics = s.server.http().get("/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(answered > 0);
+    assert_eq!(
+        counter_sum(&text, "hookrelay_connections_moved_total"),
+        0.0,
+        "{text}"
+    );
 }

@@ -26,13 +26,16 @@ section! {
         pin_shards: bool = true,
         /// Let a busy shard hand keep-alive connections to a less busy one, between two
         /// requests. An endpoint's work stays on its own shard; this spreads the HTTP work
-        /// (reading, verifying, answering) when one endpoint takes most of the traffic.
-        /// BENCHMARKS.md measures both settings.
-        balance_connections: bool = true,
-        /// A shard hands connections over only while its thread uses at least this share of
-        /// its core.
+        /// (reading, verifying, answering) when one endpoint takes most of the traffic, at the
+        /// cost of handing more requests between shards. Off by default: on the 2-core bench
+        /// machine, where the load generator shares the cores, it evened the shards out but did
+        /// not raise throughput (BENCHMARKS.md).
+        balance_connections: bool = false,
+        /// With `balance_connections`: a shard hands connections over only while its thread
+        /// uses at least this share of its core.
         balance_busy_min_percent: u64 = d::BALANCE_BUSY_MIN_PERCENT,
-        /// ... and only to a shard at least this many points of a core less busy.
+        /// With `balance_connections`: a shard hands connections over only to a shard that
+        /// uses at least this many points of a core less than itself.
         balance_margin_percent: u64 = d::BALANCE_MARGIN_PERCENT,
         /// Base of the absolute URLs the API hands out (an endpoint's `ingest_url`), e.g.
         /// `https://hooks.example.com`. Unset = `http://` + `server.listen`.
