@@ -193,11 +193,9 @@ impl ShardBalance {
     }
 
     /// Measures this thread's CPU time every [`SAMPLE_INTERVAL`] and refills the move budget.
-    /// Run it on the shard's own thread; it returns at once when balancing is off.
+    /// Run it on the shard's own thread. It runs with balancing off too: the busy figures are
+    /// what tells an operator that one shard is the bottleneck.
     pub async fn sample(self: Rc<Self>) {
-        if !self.shared.policy.enabled || self.shared.busy.len() < 2 {
-            return;
-        }
         let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut wall, mut cpu) = (Instant::now(), thread_cpu_time());

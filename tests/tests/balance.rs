@@ -165,4 +165,11 @@ async fn by_default_no_connection_moves() {
         0.0,
         "{text}"
     );
+    // The busy figures are there with balancing off too.
+    for shard in 0..2 {
+        assert!(
+            text.contains(&format!("hookrelay_shard_busy_ratio{{shard=\"{shard}\"}} ")),
+            "{text}"
+        );
+    }
 }

@@ -229,3 +229,33 @@ fn pipelined_requests_are_all_answered_before_the_move() {
     a.join().unwrap();
     b.join().unwrap();
 }
+
+#[test]
+fn the_sampler_sees_a_busy_thread_and_refills_the_budget() {
+    let shared = Balancer::new(2, policy());
+    let shard = ShardBalance::new(0, shared.clone());
+    let _open: Vec<_> = (0..64).map(|_| shard.connection()).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        tokio::task::spawn_local(shard.clone().sample());
+        // Spin on this thread for 600 ms, letting the sampler run between slices.
+        let until = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < until {
+            let slice = Instant::now() + Duration::from_millis(5);
+            while Instant::now() < slice {
+                std::hint::spin_loop();
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let busy = shared.busy[0].load(Ordering::Relaxed);
+    // A spinning thread uses its whole core unless the machine takes it away now and then.
+    assert!(busy >= 200, "busy {busy}‰");
+    assert_eq!(shared.busy[1].load(Ordering::Relaxed), 0);
+    // 64 connections: two moves an interval.
+    assert_eq!(shard.budget.get(), 2);
+}
