@@ -19,17 +19,16 @@
 //! with.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
 
-use super::{Bed, BedOptions, Common, emit, load_config, ms, run_load};
+use super::{Bed, BedOptions, Common, NullChild, emit, load_config, ms, run_load};
 use crate::load::{LoadResult, Pace};
 use crate::mgmt::EndpointInfo;
 use crate::report::{Row, Verdict};
-use crate::server_proc::{cpu_seconds, free_port};
+use crate::server_proc::cpu_seconds;
 
 /// Ratio to the null server that passes.
 const RATIO_MIN: f64 = 0.5;
@@ -245,45 +244,15 @@ async fn against_null(
     duration: Duration,
     warmup: Duration,
 ) -> anyhow::Result<Sweep> {
-    let port = free_port()?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut child = NullChild(
-        Command::new(std::env::current_exe()?)
-            .args([
-                "null-server",
-                "--listen",
-                &addr.to_string(),
-                "--threads",
-                &a.null_threads.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let t0 = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        anyhow::ensure!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the null server did not start"
-        );
-        if let Ok(Some(status)) = child.0.try_wait() {
-            anyhow::bail!("the null server exited: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pid = Some(child.0.id());
-    let r = sweep(a, "null server", pid, addr, endpoints, duration, warmup).await;
-    drop(child);
-    r
-}
-
-/// Kills the null server (by PID) when dropped.
-struct NullChild(Child);
-
-impl Drop for NullChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    let null = NullChild::start(a.null_threads).await?;
+    sweep(
+        a,
+        "null server",
+        Some(null.pid()),
+        null.addr(),
+        endpoints,
+        duration,
+        warmup,
+    )
+    .await
 }

@@ -427,3 +427,58 @@ pub fn error_row(scenario: &str, e: &anyhow::Error) -> Row {
 pub fn ms(v: f64) -> String {
     crate::hist::fmt_ms(v)
 }
+
+/// A null server (this binary's `null-server`) run as a child process, as hookrelay is, so both
+/// share the cores with the generator the same way. Killed when dropped.
+pub struct NullChild {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl NullChild {
+    /// Starts one with `threads` threads on a free loopback port and waits until it accepts.
+    pub async fn start(threads: usize) -> anyhow::Result<NullChild> {
+        let port = crate::server_proc::free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "null-server",
+                "--listen",
+                &addr.to_string(),
+                "--threads",
+                &threads.to_string(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut null = NullChild { child, addr };
+        let t0 = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the null server did not start"
+            );
+            if let Ok(Some(status)) = null.child.try_wait() {
+                anyhow::bail!("the null server exited: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(null)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for NullChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

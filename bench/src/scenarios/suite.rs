@@ -94,6 +94,8 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<Verdict> {
                     duration_s: None,
                     warmup_s: 2,
                     connections: 128,
+                    null_threads: 2,
+                    skip_null: false,
                 })
                 .await
             }
