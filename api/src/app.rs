@@ -131,11 +131,14 @@ async fn serve_http1(
             signal.on_request();
             let (app, signal) = (app.clone(), signal.clone());
             async move {
-                // Only after an ingest answer: its body was read whole, the answer is small and
-                // written in one go, and ingest is the load worth spreading.
+                // Only after an accepted ingest (202, or 200 for a duplicate): its body was read
+                // whole, the answer is small and written in one go, and ingest is the load worth
+                // spreading. An error answer may leave body bytes unread (413); hyper then
+                // closes after the answer, and there is no boundary to move at.
                 let ingest = is_ingest(&req);
                 let response = route(&app, peer, req).await;
                 if ingest
+                    && response.status().is_success()
                     && !signal.is_moving()
                     && let Some(to) = app.balance.want_move()
                 {

@@ -11,9 +11,9 @@
 //! How:
 //! - Each shard samples its thread's CPU time every [`SAMPLE_INTERVAL`]
 //!   (`CLOCK_THREAD_CPUTIME_ID`) and publishes a smoothed busy figure.
-//! - After answering an ingest request, a shard that is busy (50 % of its core by default) and
-//!   busier than the least busy shard by a margin (15 points) marks the connection to move
-//!   there ([`Policy`]): at most
+//! - After accepting an ingest request (2xx: its body was read whole), a shard that is busy
+//!   (50 % of its core by default) and busier than the least busy shard by a margin (15
+//!   points) marks the connection to move there ([`Policy`]): at most
 //!   `max(1, connections / 32)` per interval, so the figures catch up between moves.
 //! - The move happens between two requests. Once the answer is flushed, the connection's IO
 //!   reports end-of-stream to hyper at its next read, if the socket has no unread byte; hyper

@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use hookrelay_tests::api::str_field;
+use hookrelay_tests::problem::assert_problem;
+use hookrelay_tests::raw::{Framing, SlowUpload, slow_upload};
 use hookrelay_tests::scenario::Scenario;
 use hookrelay_tests::server::ServerOptions;
 use serde_json::{Value, json};
@@ -171,5 +173,39 @@ async fn by_default_no_connection_moves() {
             text.contains(&format!("hookrelay_shard_busy_ratio{{shard=\"{shard}\"}} ")),
             "{text}"
         );
+    }
+}
+
+/// An error answer can leave a request's body unread (413 while the sender is still sending):
+/// that is no boundary to move at, and the answer must still reach the sender whole, not as a
+/// reset, with balancing as eager as it gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_413_is_answered_whole_with_balancing_on() {
+    let s = Scenario::start_with(
+        ServerOptions::default()
+            .shards(2)
+            .env("HOOKRELAY_INGEST_MAX_BODY_BYTES", "1024")
+            .env("HOOKRELAY_SERVER_BALANCE_CONNECTIONS", "true")
+            .env("HOOKRELAY_SERVER_BALANCE_BUSY_MIN_PERCENT", "0")
+            .env("HOOKRELAY_SERVER_BALANCE_MARGIN_PERCENT", "0"),
+    )
+    .await;
+    let endpoint = s.endpoint("http://127.0.0.1:9/in", json!({})).await;
+    let endpoint_id = str_field(&endpoint, "id");
+    s.api.pause(&s.admin_key, &endpoint_id).await;
+    for framing in [Framing::ContentLength, Framing::Chunked] {
+        let upload = SlowUpload {
+            path: format!("/ingest/{endpoint_id}"),
+            total_bytes: 2 * 1000 * 1000,
+            chunk_bytes: 32 * 1024,
+            // Pauses leave the socket empty now and then, where a move could be tried.
+            pause: Duration::from_millis(20),
+            framing,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+        };
+        let response = slow_upload(s.server.addr(), &upload)
+            .await
+            .unwrap_or_else(|e| panic!("{framing:?}: the client must read a 413, got: {e:#}"));
+        assert_problem(&response.to_response(), 413, "payload_too_large");
     }
 }
