@@ -79,6 +79,28 @@ async fn read_response(conn: &mut BufReader<TcpStream>) -> Option<(u16, Value)> 
     Some((status, serde_json::from_slice(&body).ok()?))
 }
 
+/// A 2-shard server with `env` set, one tenant, and one endpoint, paused (ingest only, nothing
+/// to forward); returns the scenario and the endpoint's id.
+async fn paused_endpoint(env: &[(&str, &str)]) -> (Scenario, String) {
+    let mut opts = ServerOptions::default().shards(2);
+    for (key, value) in env {
+        opts = opts.env(key, value);
+    }
+    let s = Scenario::start_with(opts).await;
+    let endpoint = s.endpoint("http://127.0.0.1:9/in", json!({})).await;
+    let endpoint_id = str_field(&endpoint, "id");
+    s.api.pause(&s.admin_key, &endpoint_id).await;
+    (s, endpoint_id)
+}
+
+/// Thresholds that move connections all the time.
+const EAGER: [(&str, &str); 2] = [
+    ("HOOKRELAY_SERVER_BALANCE_BUSY_MIN_PERCENT", "0"),
+    ("HOOKRELAY_SERVER_BALANCE_MARGIN_PERCENT", "0"),
+];
+/// Balancing on.
+const ON: (&str, &str) = ("HOOKRELAY_SERVER_BALANCE_CONNECTIONS", "true");
+
 /// The sum of a counter's samples over all its label sets in a Prometheus exposition.
 fn counter_sum(text: &str, name: &str) -> f64 {
     text.lines()
@@ -89,18 +111,7 @@ fn counter_sum(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_bounce_between_shards_and_nothing_is_lost() {
-    let s = Scenario::start_with(
-        ServerOptions::default()
-            .shards(2)
-            .env("HOOKRELAY_SERVER_BALANCE_CONNECTIONS", "true")
-            .env("HOOKRELAY_SERVER_BALANCE_BUSY_MIN_PERCENT", "0")
-            .env("HOOKRELAY_SERVER_BALANCE_MARGIN_PERCENT", "0"),
-    )
-    .await;
-    // Paused: ingest only, nothing to forward.
-    let endpoint = s.endpoint("http://127.0.0.1:9/in", json!({})).await;
-    let endpoint_id = str_field(&endpoint, "id");
-    s.api.pause(&s.admin_key, &endpoint_id).await;
+    let (s, endpoint_id) = paused_endpoint(&[ON, EAGER[0], EAGER[1]]).await;
 
     let until = Instant::now() + SENDING;
     let senders: Vec<_> = (0..SENDERS)
@@ -144,17 +155,8 @@ async fn connections_bounce_between_shards_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_no_connection_moves() {
-    let s = Scenario::start_with(
-        ServerOptions::default()
-            .shards(2)
-            // Thresholds that would move connections all the time, were balancing on.
-            .env("HOOKRELAY_SERVER_BALANCE_BUSY_MIN_PERCENT", "0")
-            .env("HOOKRELAY_SERVER_BALANCE_MARGIN_PERCENT", "0"),
-    )
-    .await;
-    let endpoint = s.endpoint("http://127.0.0.1:9/in", json!({})).await;
-    let endpoint_id = str_field(&endpoint, "id");
-    s.api.pause(&s.admin_key, &endpoint_id).await;
+    // Thresholds that would move connections all the time, were balancing on.
+    let (s, endpoint_id) = paused_endpoint(&EAGER).await;
     let until = Instant::now() + Duration::from_millis(800);
     let answered = send_on_one_connection(s.server.addr(), endpoint_id, 0, until)
         .await
@@ -181,18 +183,8 @@ async fn by_default_no_connection_moves() {
 /// reset, with balancing as eager as it gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_413_is_answered_whole_with_balancing_on() {
-    let s = Scenario::start_with(
-        ServerOptions::default()
-            .shards(2)
-            .env("HOOKRELAY_INGEST_MAX_BODY_BYTES", "1024")
-            .env("HOOKRELAY_SERVER_BALANCE_CONNECTIONS", "true")
-            .env("HOOKRELAY_SERVER_BALANCE_BUSY_MIN_PERCENT", "0")
-            .env("HOOKRELAY_SERVER_BALANCE_MARGIN_PERCENT", "0"),
-    )
-    .await;
-    let endpoint = s.endpoint("http://127.0.0.1:9/in", json!({})).await;
-    let endpoint_id = str_field(&endpoint, "id");
-    s.api.pause(&s.admin_key, &endpoint_id).await;
+    let small_bodies = ("HOOKRELAY_INGEST_MAX_BODY_BYTES", "1024");
+    let (s, endpoint_id) = paused_endpoint(&[small_bodies, ON, EAGER[0], EAGER[1]]).await;
     for framing in [Framing::ContentLength, Framing::Chunked] {
         let upload = SlowUpload {
             path: format!("/ingest/{endpoint_id}"),

@@ -135,6 +135,31 @@ fn shard_thread(
 
 type Infallible = std::convert::Infallible;
 
+/// A client connection and the server's end of it (non-blocking, for a runtime to take).
+fn connected() -> (BufReader<std::net::TcpStream>, std::net::TcpStream) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    accepted.set_nonblocking(true).unwrap();
+    (BufReader::new(client), accepted)
+}
+
+/// Shard A (asking to move as `asks` says) and shard B (which never moves), B being where A's
+/// connections go; returns A's inbox and both threads, which end once A's inbox is dropped.
+fn two_shards(
+    asks: Asks,
+) -> (
+    std_mpsc::Sender<std::net::TcpStream>,
+    thread::JoinHandle<()>,
+    thread::JoinHandle<()>,
+) {
+    let (to_a, inbox_a) = std_mpsc::channel();
+    let (to_b, inbox_b) = std_mpsc::channel();
+    let a = shard_thread("A", inbox_a, asks, Some(to_b));
+    let b = shard_thread("B", inbox_b, Asks::Never, None);
+    (to_a, a, b)
+}
+
 /// Sends one keep-alive request on `client` and returns the answer's body.
 fn request(client: &mut BufReader<std::net::TcpStream>, body: &str) -> String {
     let req = format!(
@@ -147,16 +172,8 @@ fn request(client: &mut BufReader<std::net::TcpStream>, body: &str) -> String {
 
 #[test]
 fn a_keep_alive_connection_moves_to_another_thread_between_two_requests() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (to_a, inbox_a) = std_mpsc::channel();
-    let (to_b, inbox_b) = std_mpsc::channel();
-    let a = shard_thread("A", inbox_a, Asks::Every, Some(to_b));
-    let b = shard_thread("B", inbox_b, Asks::Never, None);
-
-    let mut client = BufReader::new(std::net::TcpStream::connect(addr).unwrap());
-    let (accepted, _) = listener.accept().unwrap();
-    accepted.set_nonblocking(true).unwrap();
+    let (mut client, accepted) = connected();
+    let (to_a, a, b) = two_shards(Asks::Every);
     to_a.send(accepted).unwrap();
 
     // A asks to move after every answer. A move happens once A sees the socket empty after an
@@ -201,16 +218,8 @@ fn answer(client: &mut BufReader<std::net::TcpStream>) -> String {
 
 #[test]
 fn pipelined_requests_are_all_answered_before_the_move() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (to_a, inbox_a) = std_mpsc::channel();
-    let (to_b, inbox_b) = std_mpsc::channel();
-    let a = shard_thread("A", inbox_a, Asks::First, Some(to_b));
-    let b = shard_thread("B", inbox_b, Asks::Never, None);
-
-    let mut client = BufReader::new(std::net::TcpStream::connect(addr).unwrap());
-    let (accepted, _) = listener.accept().unwrap();
-    accepted.set_nonblocking(true).unwrap();
+    let (mut client, accepted) = connected();
+    let (to_a, a, b) = two_shards(Asks::First);
     // Two requests in one write, before A reads anything: A asks to move after the first
     // answer, but the second request is already read ahead, so A gives the move up and answers
     // both, and the connection stays.
