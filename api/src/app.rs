@@ -77,9 +77,8 @@ pub async fn serve(
 }
 
 /// Serves one connection until it ends or moves to another shard (then hands it over).
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, app: Rc<App>) {
+async fn serve_connection(mut stream: tokio::net::TcpStream, peer: SocketAddr, app: Rc<App>) {
     let _open = app.balance.connection();
-    let mut stream = stream;
     loop {
         let (to, io) = match serve_http1(stream, peer, &app).await {
             Some(moving) => moving,

@@ -37,6 +37,22 @@ pub struct SlowUpload {
     pub headers: Vec<(String, String)>,
 }
 
+impl SlowUpload {
+    /// A JSON body of `total_bytes` to `/ingest/{endpoint_id}`, sent in 32 KiB pieces 20 ms apart
+    /// (a 1 MB body takes ~0.6 s: ample time for an early answer, with pauses where the socket
+    /// is empty).
+    pub fn json_ingest(endpoint_id: &str, total_bytes: usize, framing: Framing) -> SlowUpload {
+        SlowUpload {
+            path: format!("/ingest/{endpoint_id}"),
+            total_bytes,
+            chunk_bytes: 32 * 1024,
+            pause: Duration::from_millis(20),
+            framing,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+        }
+    }
+}
+
 /// What came back.
 #[derive(Debug)]
 pub struct RawResponse {

@@ -186,15 +186,8 @@ async fn an_early_413_is_answered_whole_with_balancing_on() {
     let small_bodies = ("HOOKRELAY_INGEST_MAX_BODY_BYTES", "1024");
     let (s, endpoint_id) = paused_endpoint(&[small_bodies, ON, EAGER[0], EAGER[1]]).await;
     for framing in [Framing::ContentLength, Framing::Chunked] {
-        let upload = SlowUpload {
-            path: format!("/ingest/{endpoint_id}"),
-            total_bytes: 2 * 1000 * 1000,
-            chunk_bytes: 32 * 1024,
-            // Pauses leave the socket empty now and then, where a move could be tried.
-            pause: Duration::from_millis(20),
-            framing,
-            headers: vec![("Content-Type".into(), "application/json".into())],
-        };
+        // Its pauses leave the socket empty now and then, where a move could be tried.
+        let upload = SlowUpload::json_ingest(&endpoint_id, 2 * 1000 * 1000, framing);
         let response = slow_upload(s.server.addr(), &upload)
             .await
             .unwrap_or_else(|e| panic!("{framing:?}: the client must read a 413, got: {e:#}"));

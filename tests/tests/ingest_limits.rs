@@ -67,15 +67,8 @@ async fn oversized_slow_upload(framing: Framing) {
     let receiver = Receiver::start(Script::always(Step::ok())).await;
     let endpoint_id = str_field(&s.endpoint(&receiver.url("/in"), json!({})).await, "id");
     let total_bytes = 5 * 1000 * 1000;
-    let upload = SlowUpload {
-        path: format!("/ingest/{endpoint_id}"),
-        total_bytes,
-        chunk_bytes: 32 * 1024,
-        // 153 chunks 20 ms apart: about 3 s of sending, ample for an early answer.
-        pause: Duration::from_millis(20),
-        framing,
-        headers: vec![("Content-Type".into(), "application/json".into())],
-    };
+    // 153 chunks 20 ms apart: about 3 s of sending, ample for an early answer.
+    let upload = SlowUpload::json_ingest(&endpoint_id, total_bytes, framing);
     let response = slow_upload(s.server.addr(), &upload)
         .await
         .unwrap_or_else(|e| panic!("{framing:?}: the client must read a 413, got: {e:#}"));
