@@ -14,11 +14,18 @@ pub const TYPE_ATTEMPTED: u8 = 2;
 /// Record type of [`DeadLettered`].
 pub const TYPE_DEAD_LETTERED: u8 = 3;
 
-/// Payload format version of records whose fields are all in the clear.
+/// Payload format version of records whose fields are all in the clear. For an `Ingested`
+/// record: written by earlier releases, with a SHA-256 body hash ([`Algorithms::Legacy`]).
 const VERSION: u8 = 1;
 /// Version of an `Ingested` record whose headers and body are sealed under the tenant's data key
-/// (see [`crate::seal`]); everything else stays readable for recovery and indexes.
+/// (see [`crate::seal`]); everything else stays readable for recovery and indexes. Written by
+/// earlier releases: ChaCha20-Poly1305 and a SHA-256 body hash ([`Algorithms::Legacy`]).
 const VERSION_SEALED: u8 = 2;
+/// Version 1's layout with an XXH3 body hash: the `Ingested` records written now, in the clear.
+const VERSION_XXH3: u8 = 3;
+/// Version 2's layout with an XXH3 body hash and AES-256-GCM: the `Ingested` records written
+/// now, sealed.
+const VERSION_SEALED_AES: u8 = 4;
 /// Most headers one ingested record may carry (the API enforces its own, lower limit).
 pub const HEADERS_MAX: usize = 256;
 
@@ -64,6 +71,34 @@ impl Status {
     }
 }
 
+/// The algorithms an [`Ingested`] record was written with; its version byte says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithms {
+    /// Versions 1 and 2, written by earlier releases: SHA-256 body hash, ChaCha20-Poly1305.
+    Legacy,
+    /// Versions 3 and 4, written now: XXH3 body hash, AES-256-GCM (BENCHMARKS.md, "Cheaper
+    /// hashing and sealing").
+    Current,
+}
+
+impl Algorithms {
+    /// How the record's `body_hash` was computed.
+    pub fn body_hash(self) -> crate::idempotency::BodyHash {
+        match self {
+            Algorithms::Legacy => crate::idempotency::BodyHash::Sha256Prefix,
+            Algorithms::Current => crate::idempotency::BodyHash::Xxh3,
+        }
+    }
+
+    /// What the record's payload is sealed with, when it is.
+    pub fn aead(self) -> crate::seal::Aead {
+        match self {
+            Algorithms::Legacy => crate::seal::Aead::ChaCha20Poly1305,
+            Algorithms::Current => crate::seal::Aead::Aes256Gcm,
+        }
+    }
+}
+
 /// A delivery accepted by ingest: everything needed to forward it, byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
@@ -84,6 +119,9 @@ pub struct Ingested {
     pub key_generation: u32,
     /// `nonce || ciphertext` of headers and body, until [`Ingested::unseal`].
     pub sealed: Option<Bytes>,
+    /// How `body_hash` was computed and `sealed` sealed (from the version byte; records are
+    /// always encoded with [`Algorithms::Current`]).
+    pub algorithms: Algorithms,
 }
 
 /// The outcome of one attempt, and the delivery's state after it.
@@ -215,9 +253,9 @@ impl IngestedHead<'_> {
         };
         let mut b = BytesMut::with_capacity(1 + 8 + 8 + 8 + 5 * 4 + strings + tail);
         b.put_u8(if seal.is_some() {
-            VERSION_SEALED
+            VERSION_SEALED_AES
         } else {
-            VERSION
+            VERSION_XXH3
         });
         b.put_u64_le(self.seq);
         put_str(&mut b, self.delivery_id);
@@ -233,7 +271,12 @@ impl IngestedHead<'_> {
                 assert!(generation > 0, "generation 0 means not sealed");
                 b.put_u32_le(generation);
                 b.put_u32_le(u32::try_from(sealed_len).expect("field longer than 4 GiB"));
-                key.seal_append(&mut b, payload, self.delivery_id.as_bytes());
+                key.seal_append(
+                    Algorithms::Current.aead(),
+                    &mut b,
+                    payload,
+                    self.delivery_id.as_bytes(),
+                );
             }
         }
         b.freeze()
@@ -303,7 +346,7 @@ impl Ingested {
             return Ok(());
         };
         let plain = key
-            .open(&sealed, self.delivery_id.as_bytes())
+            .open_with(self.algorithms.aead(), &sealed, self.delivery_id.as_bytes())
             .map_err(|_| DecodeError("sealed payload does not open with this key"))?;
         let mut p = Bytes::from(plain);
         let (headers, body) = Self::get_payload(&mut p)?;
@@ -313,9 +356,11 @@ impl Ingested {
     }
 
     pub fn decode(mut p: Bytes) -> Result<Ingested, DecodeError> {
-        let sealed_format = match get_u8(&mut p)? {
-            VERSION => false,
-            VERSION_SEALED => true,
+        let (sealed_format, algorithms) = match get_u8(&mut p)? {
+            VERSION => (false, Algorithms::Legacy),
+            VERSION_SEALED => (true, Algorithms::Legacy),
+            VERSION_XXH3 => (false, Algorithms::Current),
+            VERSION_SEALED_AES => (true, Algorithms::Current),
             _ => return Err(DecodeError("unknown payload version")),
         };
         let seq = get_u64(&mut p)?;
@@ -351,6 +396,7 @@ impl Ingested {
             body,
             key_generation,
             sealed,
+            algorithms,
         })
     }
 }
@@ -502,6 +548,7 @@ mod tests {
                 body: Bytes::from(body),
                 key_generation: 0,
                 sealed: None,
+                algorithms: Algorithms::Current,
             };
             let enc = r.encode();
             prop_assert_eq!(seq_of(&enc), Some(seq));
@@ -538,6 +585,7 @@ mod tests {
             body: Bytes::from_static(b"secret payload"),
             key_generation: 0,
             sealed: None,
+            algorithms: Algorithms::Current,
         };
         let enc = r.encode_sealed(4, &key);
         assert!(
@@ -558,11 +606,12 @@ mod tests {
         assert!(!d.is_sealed());
     }
 
-    /// The bytes of a record written by an earlier release (before the payload was encoded on
-    /// the request's thread): the format on disk must not move.
+    /// The bytes of a record written by an earlier release (version 1, before the payload was
+    /// encoded on the request's thread) still decode, as what they were; records written now
+    /// are the same layout under version 3. The format on disk must not move.
     #[test]
     fn ingested_encoding_is_stable() {
-        let r = Ingested {
+        let mut r = Ingested {
             seq: 258,
             delivery_id: "dl_1".into(),
             tenant_id: "tn_x".into(),
@@ -581,18 +630,53 @@ mod tests {
             body: Bytes::from_static(b"{\"id\":\"evt_1\"}"),
             key_generation: 0,
             sealed: None,
+            algorithms: Algorithms::Current,
         };
-        let golden = concat!(
-            "01020100000000000004000000646c5f3104000000746e5f780400000065705f797b68e5cf8b01000005",
+        let rest = concat!(
+            "020100000000000004000000646c5f3104000000746e5f780400000065705f797b68e5cf8b01000005",
             "0000006576745f31080706050403020104000000646c5f3002000c000000636f6e74656e742d74797065",
             "100000006170706c69636174696f6e2f6a736f6e03000000782d61000000000e0000007b226964223a22",
             "6576745f31227d",
         );
-        assert_eq!(hex::encode(r.encode()), golden);
+        assert_eq!(hex::encode(r.encode()), format!("03{rest}"));
         let payload = r.payload();
         assert_eq!(payload.body(), &r.body[..]);
         assert_eq!(payload.decode(), (r.headers.clone(), r.body.clone()));
         assert_eq!(payload.body_hash(), crate::idempotency::body_hash(&r.body));
+
+        let legacy = Bytes::from(hex::decode(format!("01{rest}")).unwrap());
+        r.algorithms = Algorithms::Legacy;
+        assert_eq!(Ingested::decode(legacy).unwrap(), r);
+    }
+
+    /// A sealed record of an earlier release (version 2: ChaCha20-Poly1305, SHA-256 body hash)
+    /// still opens with its key.
+    #[test]
+    fn legacy_sealed_records_open_with_chacha20_poly1305() {
+        let key = crate::seal::SecretKey::generate();
+        let payload = IngestPayload::encode([("a", &b"b"[..])], b"old secret");
+        let mut enc = BytesMut::new();
+        enc.put_u8(VERSION_SEALED);
+        enc.put_u64_le(9);
+        for s in ["dl_old", "tn_x", "ep_x"] {
+            put_str(&mut enc, s);
+        }
+        enc.put_u64_le(5);
+        put_str(&mut enc, "k");
+        let sha = crate::idempotency::BodyHash::Sha256Prefix.of(b"old secret");
+        enc.put_u64_le(sha);
+        put_str(&mut enc, "");
+        enc.put_u32_le(2);
+        let sealed = key.seal(payload.as_bytes(), b"dl_old");
+        put_bytes(&mut enc, &sealed);
+        let mut d = Ingested::decode(enc.freeze()).unwrap();
+        assert_eq!(
+            (d.algorithms, d.key_generation, d.body_hash),
+            (Algorithms::Legacy, 2, sha)
+        );
+        d.unseal(&key).unwrap();
+        assert_eq!(&d.body[..], b"old secret");
+        assert_eq!(d.headers, vec![("a".to_string(), Bytes::from_static(b"b"))]);
     }
 
     #[test]

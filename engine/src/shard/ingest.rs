@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use crate::idempotency::Hit;
+use crate::idempotency::{BodyHash, Hit};
 use crate::ids;
 use crate::record::{Ingested, IngestedHead, Status, TYPE_INGESTED};
 use crate::shard::core::{ShardCore, endpoint_tag};
@@ -154,6 +154,12 @@ impl ShardCore {
         if first.endpoint_id != req.endpoint_id || first.idempotency_key != req.idempotency_key {
             return Ok(None);
         }
+        // A record of an earlier release holds another kind of hash: the body is hashed again
+        // that way (only on this rare path).
+        let hash = match first.algorithms.body_hash() {
+            BodyHash::CURRENT => hash,
+            legacy => legacy.of(req.payload.body()),
+        };
         if first.body_hash != hash {
             return Ok(Some(Err(IngestError::KeyReused)));
         }
