@@ -129,7 +129,9 @@ pub async fn measure(a: &MemoryArgs) -> anyhow::Result<Row> {
     } else {
         Verdict::from_bool(bounded)
     };
-    let per_backlog = (rss_backlog.total_kib.saturating_sub(rss_restart.total_kib) as f64 * 1024.0)
+    // Signed: the RSS with the backlog can be below the RSS right after the restart (pages the
+    // recovery touched and the allocator gave back), and a clamped 0 would hide that.
+    let per_backlog = (rss_backlog.total_kib as f64 - rss_restart.total_kib as f64) * 1024.0
         / queued.max(1) as f64;
     Ok(Row {
         scenario: if c.smoke {
@@ -142,7 +144,7 @@ pub async fn measure(a: &MemoryArgs) -> anyhow::Result<Row> {
             c.setup_line()
         ),
         result: format!(
-            "RSS at rest (busy 3 s after the burst): idle {}; {small} stored: {} ({}); {large} stored: {} ({}); after restart: {}; + backlog {queued}: {} ({per_backlog:.0} B/queued delivery); data {:.1} GiB",
+            "RSS at rest (busy 3 s after the burst): idle {}; {small} stored: {} ({}); {large} stored: {} ({}); after restart: {}; + backlog {queued}: {} ({per_backlog:+.0} B/queued delivery vs after restart); data {:.1} GiB",
             rss0.text(),
             rss_small.text(),
             busy_small.text(),
