@@ -123,9 +123,10 @@ impl SecretKey {
         out.to_vec()
     }
 
-    /// Appends what [`SecretKey::seal`] makes of `plaintext` to `out`, encrypting in place in
-    /// `out`'s own memory: one copy of the plaintext, no temporary buffer (the ingest path seals
-    /// every payload this way straight into its log record).
+    /// Appends `nonce || ciphertext || tag` of `plaintext` under `aead` to `out` (the layout of
+    /// [`SecretKey::seal`]), encrypting in place in `out`'s own memory: one copy of the
+    /// plaintext, no temporary buffer (the ingest path seals every payload this way straight
+    /// into its log record).
     ///
     /// The nonce is random (96 bits, as RFC 8439 and NIST SP 800-38D define both AEADs).
     pub fn seal_append(&self, aead: Aead, out: &mut BytesMut, plaintext: &[u8], context: &[u8]) {
