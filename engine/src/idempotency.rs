@@ -165,15 +165,15 @@ fn clamp_slots(slots: u64) -> u64 {
 pub struct Hit {
     /// Log offset of the delivery first ingested with the key.
     pub offset: u64,
-    /// [`body_hash`] of that delivery's body.
+    /// [`BodyHash`] of that delivery's body.
     pub body_hash: u64,
     /// When it was inserted (Unix milliseconds).
     pub at_ms: u64,
 }
 
 /// How a request body's 64-bit hash was computed. The index stores the hash without saying;
-/// an ingested record's version says which (`record.rs`), and a duplicate is confirmed
-/// against the record.
+/// an ingested record's version says which ([`crate::record::Algorithms`], which also names
+/// the one new records use), and a duplicate is confirmed against the record.
 ///
 /// The hash only tells a retry (same key, same body: answered 200 with the first delivery)
 /// from a reuse (same key, another body: 409). A collision could only be made on purpose by
@@ -189,9 +189,6 @@ pub enum BodyHash {
 }
 
 impl BodyHash {
-    /// The hash new records are written with.
-    pub const CURRENT: BodyHash = BodyHash::Xxh3;
-
     /// The hash of `body`.
     pub fn of(self, body: &[u8]) -> u64 {
         match self {
@@ -202,11 +199,6 @@ impl BodyHash {
             BodyHash::Xxh3 => xxhash_rust::xxh3::xxh3_64(body),
         }
     }
-}
-
-/// The hash new ingests store of a request body ([`BodyHash::CURRENT`]).
-pub fn body_hash(body: &[u8]) -> u64 {
-    BodyHash::CURRENT.of(body)
 }
 
 /// The 64-bit fingerprint of (endpoint, key); never 0, which marks an empty slot. The endpoint's
@@ -1018,7 +1010,6 @@ mod tests {
         assert_eq!(BodyHash::Sha256Prefix.of(b"abc"), 0xba78_16bf_8f01_cfea);
         // XXH3-64("abc", seed 0), from the reference implementation's test vectors.
         assert_eq!(BodyHash::Xxh3.of(b"abc"), 0x78af_5f94_892f_3950);
-        assert_eq!(body_hash(b"abc"), BodyHash::Xxh3.of(b"abc"));
         assert_ne!(fingerprint("ab", "c"), fingerprint("a", "bc"));
     }
 

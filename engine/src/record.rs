@@ -165,7 +165,7 @@ pub struct IngestPayload {
     bytes: Bytes,
     /// Where the body starts in `bytes`.
     body_at: usize,
-    /// [`crate::idempotency::body_hash`] of the body, computed with the payload (off the owning
+    /// The body's hash under [`Algorithms::Current`], computed with the payload (off the owning
     /// shard's thread).
     body_hash: u64,
 }
@@ -197,7 +197,7 @@ impl IngestPayload {
         IngestPayload {
             bytes: b.freeze(),
             body_at,
-            body_hash: crate::idempotency::body_hash(body),
+            body_hash: Algorithms::Current.body_hash().of(body),
         }
     }
 
@@ -642,7 +642,10 @@ mod tests {
         let payload = r.payload();
         assert_eq!(payload.body(), &r.body[..]);
         assert_eq!(payload.decode(), (r.headers.clone(), r.body.clone()));
-        assert_eq!(payload.body_hash(), crate::idempotency::body_hash(&r.body));
+        assert_eq!(
+            payload.body_hash(),
+            crate::idempotency::BodyHash::Xxh3.of(&r.body)
+        );
 
         let legacy = Bytes::from(hex::decode(format!("01{rest}")).unwrap());
         r.algorithms = Algorithms::Legacy;

@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use crate::idempotency::{BodyHash, Hit};
+use crate::idempotency::Hit;
 use crate::ids;
 use crate::record::{Ingested, IngestedHead, Status, TYPE_INGESTED};
 use crate::shard::core::{ShardCore, endpoint_tag};
@@ -26,17 +26,17 @@ impl ShardCore {
                 "this node is not the primary (fenced by a newer epoch)".into(),
             ));
         }
-        let hash = req.payload.body_hash();
         let hit =
             self.idem
                 .borrow()
                 .lookup(&req.endpoint_id, &req.idempotency_key, req.received_at_ms);
         if let Some(hit) = hit
-            && let Some(answer) = self.confirm_duplicate(&req, hit, hash).await?
+            && let Some(answer) = self.confirm_duplicate(&req, hit).await?
         {
             return answer;
         }
 
+        let hash = req.payload.body_hash();
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
         let delivery_id = ids::delivery_id(req.received_at_ms, self.id, seq);
@@ -131,7 +131,6 @@ impl ShardCore {
         &self,
         req: &IngestRequest,
         hit: Hit,
-        hash: u64,
     ) -> Result<Option<Result<IngestOk, IngestError>>, IngestError> {
         if hit.offset < self.log.first_offset() || hit.offset >= self.log.next_offset() {
             return Ok(None);
@@ -154,13 +153,9 @@ impl ShardCore {
         if first.endpoint_id != req.endpoint_id || first.idempotency_key != req.idempotency_key {
             return Ok(None);
         }
-        // A record of an earlier release holds another kind of hash: the body is hashed again
-        // that way (only on this rare path).
-        let hash = match first.algorithms.body_hash() {
-            BodyHash::CURRENT => hash,
-            legacy => legacy.of(req.payload.body()),
-        };
-        if first.body_hash != hash {
+        // The body is hashed the way the first record was (records of earlier releases hold
+        // another hash than the payload's); only duplicates take this path.
+        if first.body_hash != first.algorithms.body_hash().of(req.payload.body()) {
             return Ok(Some(Err(IngestError::KeyReused)));
         }
         // A duplicate is answered like the first request: with `ack = "peer"`, only once the
