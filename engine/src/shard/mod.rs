@@ -20,6 +20,8 @@ pub mod scheduler;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ids::{parse_delivery_id, shard_of};
@@ -435,8 +437,22 @@ async fn wait_or_stop(ctx: &ShardCtx, d: std::time::Duration) -> bool {
     }
 }
 
+/// Answers the messages other shards send. Handed-over ingests run inside this one task, as a
+/// set of futures, not as a task each: a message is taken, deduped and appended in the same
+/// poll that receives it, and the fsync wakes this task once for every request of the batch.
+/// Spawning a task per request put each one at the back of the shard's run queue a second time
+/// before its append; requests handed over then waited one queue round longer than those read
+/// by the owning shard itself, so in a closed loop the owner's own connections sent more and the
+/// owner did more of the HTTP work (BENCHMARKS.md, "Handed-over ingests in one task").
 async fn serve_inbox(ctx: Rc<ShardCtx>, mut inbox: mpsc::Receiver<ShardMsg>) {
-    while let Some(msg) = inbox.recv().await {
+    let mut ingests = FuturesUnordered::new();
+    loop {
+        let msg = tokio::select! {
+            biased;
+            Some(()) = ingests.next(), if !ingests.is_empty() => continue,
+            msg = inbox.recv() => msg,
+        };
+        let Some(msg) = msg else { break };
         // While the shard (re)opens its storage, requests get "unavailable" answers (or none:
         // a dropped reply reads as unavailable to the sender).
         let Some(core) = ctx.local() else {
@@ -447,8 +463,7 @@ async fn serve_inbox(ctx: Rc<ShardCtx>, mut inbox: mpsc::Receiver<ShardMsg>) {
         };
         match msg {
             ShardMsg::Ingest(req, reply) => {
-                let core = core.clone();
-                tokio::task::spawn_local(async move {
+                ingests.push(async move {
                     let _ = reply.send(core.ingest(req).await);
                 });
             }
@@ -472,4 +487,6 @@ async fn serve_inbox(ctx: Rc<ShardCtx>, mut inbox: mpsc::Receiver<ShardMsg>) {
             ShardMsg::Metrics(req) => core.answer_metrics(req),
         }
     }
+    // Every sender is gone (shutdown): the ingests already taken still get their answers.
+    while ingests.next().await.is_some() {}
 }
