@@ -4,11 +4,9 @@
 //! SHA-256 over the tenant, endpoint, body and signed timestamp (or 5-minute arrival bucket).
 //! Pure: the caller looks the key up in the idempotency index.
 
-use std::fmt;
-
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
+use super::event_id::stripe_event_id;
 use super::{HeaderLookup, Mode};
 
 /// Longest key kept verbatim, in bytes. A longer (or non-UTF-8, or control-character-bearing)
@@ -58,7 +56,10 @@ pub fn provider_delivery_id<H: HeaderLookup + ?Sized>(
     body: &[u8],
 ) -> Option<String> {
     match mode {
-        Mode::Stripe => stripe_event_id(body).and_then(|id| normalise(id.as_bytes())),
+        Mode::Stripe if body.len() <= STRIPE_EVENT_BODY_BYTES_MAX => {
+            stripe_event_id(body).and_then(|id| normalise(id.as_bytes()))
+        }
+        Mode::Stripe => None,
         Mode::Github => header_candidate(headers, GITHUB_DELIVERY_HEADER),
         Mode::Standard => header_candidate(headers, STANDARD_ID_HEADER)
             .or_else(|| header_candidate(headers, SVIX_ID_HEADER)),
@@ -155,109 +156,6 @@ fn content_key(
         }
     }
     hex::encode(hasher.finalize())
-}
-
-/// The top-level string `id` of a JSON object body, parsed lazily: other values are skipped
-/// without being built. `None` for anything else (not JSON, not an object, no `id`, a
-/// non-string `id`, two `id` keys, a body over [`STRIPE_EVENT_BODY_BYTES_MAX`]). serde_json
-/// bounds nesting depth (128), so hostile bodies cannot exhaust the stack.
-fn stripe_event_id(body: &[u8]) -> Option<String> {
-    if body.len() > STRIPE_EVENT_BODY_BYTES_MAX {
-        return None;
-    }
-    serde_json::from_slice::<EventId>(body).ok()?.0
-}
-
-/// Deserialises only a JSON object, keeping its top-level `id` if that is a string.
-struct EventId(Option<String>);
-
-impl<'de> serde::Deserialize<'de> for EventId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(EventIdVisitor)
-    }
-}
-
-struct EventIdVisitor;
-
-impl<'de> Visitor<'de> for EventIdVisitor {
-    type Value = EventId;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EventId, A::Error> {
-        let mut id: Option<IdValue> = None;
-        while let Some(IsIdKey(is_id)) = map.next_key()? {
-            if !is_id {
-                map.next_value::<IgnoredAny>()?;
-            } else if id.is_some() {
-                return Err(de::Error::duplicate_field("id"));
-            } else {
-                id = Some(map.next_value()?);
-            }
-        }
-        Ok(EventId(id.and_then(|IdValue(id)| id)))
-    }
-}
-
-/// A map key, remembered only as "is it `id`" so that keys are never allocated.
-struct IsIdKey(bool);
-
-impl<'de> serde::Deserialize<'de> for IsIdKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = IsIdKey;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object key")
-            }
-            fn visit_str<E: de::Error>(self, key: &str) -> Result<IsIdKey, E> {
-                Ok(IsIdKey(key == "id"))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-/// The value under `id`: `Some` only for a string; any other JSON value is skipped.
-struct IdValue(Option<String>);
-
-impl<'de> serde::Deserialize<'de> for IdValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ValueVisitor;
-        impl<'de> Visitor<'de> for ValueVisitor {
-            type Value = IdValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E: de::Error>(self, id: &str) -> Result<IdValue, E> {
-                Ok(IdValue(Some(id.to_owned())))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<IdValue, E> {
-                Ok(IdValue(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<IdValue, E> {
-                Ok(IdValue(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<IdValue, E> {
-                Ok(IdValue(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<IdValue, E> {
-                Ok(IdValue(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<IdValue, E> {
-                Ok(IdValue(None))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<IdValue, A::Error> {
-                IgnoredAny.visit_seq(seq).map(|_| IdValue(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<IdValue, A::Error> {
-                IgnoredAny.visit_map(map).map(|_| IdValue(None))
-            }
-        }
-        deserializer.deserialize_any(ValueVisitor)
-    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@
 //! - An empty configured secret never verifies anything (an empty HMAC key would make the
 //!   check decorative).
 
+mod event_id;
 mod generic;
 mod github;
 mod headers;
