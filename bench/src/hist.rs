@@ -33,6 +33,17 @@ impl LatencyHist {
         self.h.record(us).expect("value clamped into the bounds");
     }
 
+    /// Records `latency` from a loop that looks every `interval`, plus the samples the loop
+    /// would have taken while it was held up (hdrhistogram's correction for coordinated
+    /// omission).
+    pub fn record_corrected(&mut self, latency: Duration, interval: Duration) {
+        let us = (latency.as_micros() as u64).clamp(1, LATENCY_US_MAX);
+        let every = (interval.as_micros() as u64).max(1);
+        self.h
+            .record_correct(us, every)
+            .expect("value clamped into the bounds");
+    }
+
     pub fn merge(&mut self, other: &LatencyHist) {
         self.h.add(&other.h).expect("histograms share bounds");
     }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::hiccup::{Hiccups, Probe};
 use crate::hist::LatencyHist;
 use crate::http1::{self, Conn};
 use crate::request::{RequestFactory, SigningCache};
@@ -96,6 +97,8 @@ pub struct LoadResult {
     pub acks: Vec<Ack>,
     /// When the first request was due.
     pub started: Instant,
+    /// The machine's own stalls over the measured window ([`crate::hiccup`]).
+    pub hiccups: Hiccups,
 }
 
 impl LoadResult {
@@ -147,7 +150,7 @@ impl LoadResult {
             Pace::Closed => "closed loop".to_string(),
         };
         format!(
-            "{pace}, {} connections, {} B bodies, {:.1} s measured ({} sent in all, {} 2xx)\n  2xx: {} ({:.0}/s)\n  latency: {}\n  errors: {}",
+            "{pace}, {} connections, {} B bodies, {:.1} s measured ({} sent in all, {} 2xx)\n  2xx: {} ({:.0}/s)\n  latency: {}\n  errors: {}\n  host: {}",
             self.connections,
             self.body_bytes,
             self.window.as_secs_f64(),
@@ -156,7 +159,8 @@ impl LoadResult {
             self.ok(),
             self.ok_per_s(),
             self.ack.summary().line(),
-            self.errors_line()
+            self.errors_line(),
+            self.hiccups.summary().line()
         )
     }
 }
@@ -258,6 +262,7 @@ pub fn run(cfg: LoadConfig) -> anyhow::Result<LoadResult> {
         done: AtomicU64::new(0),
         cfg: cfg.clone(),
     });
+    let probe = Probe::start(shared.measure_from, shared.end)?;
     let threads = cfg.threads.min(cfg.connections);
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
@@ -313,6 +318,7 @@ pub fn run(cfg: LoadConfig) -> anyhow::Result<LoadResult> {
             *total.errors.entry("unsent").or_default() += unsent;
         }
     }
+    let hiccups = probe.finish()?;
     Ok(LoadResult {
         pace: cfg.pace,
         connections: cfg.connections,
@@ -325,6 +331,7 @@ pub fn run(cfg: LoadConfig) -> anyhow::Result<LoadResult> {
         ok_total: total.ok_total,
         acks: total.acks,
         started: start,
+        hiccups,
     })
 }
 
@@ -361,7 +368,7 @@ fn pace(shared: &Shared, schedule: Schedule) -> u64 {
 }
 
 /// Asks the kernel to wake the pacer close to when it asked (the default slack is 50 µs).
-fn set_fine_timer_slack() {
+pub fn set_fine_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK only changes this thread's timer slack; no memory is passed.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);

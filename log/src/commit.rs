@@ -5,6 +5,13 @@
 //! `batch_bytes_max` (and up to the segment size limit), writes them with one positioned write,
 //! calls `fdatasync` once, and only then advances `durable_offset` and answers the waiters of that
 //! batch. Appends that arrive while the write or fsync is in flight form the next batch.
+//!
+//! With `batch_linger`, a batch that is not full starts no sooner than `batch_linger` after the
+//! previous one started: the fsync rate is capped at one per `batch_linger` under load, while a
+//! record that arrives after a quiet spell is written at once. On a virtual machine whose host
+//! charges its I/O threads to the guest's CPU quota, fewer fsyncs are what keeps the host from
+//! freezing the vCPUs (BENCHMARKS.md §2, "The 5k tail is the host's CPU quota"). The wait uses
+//! tokio's timer, whose resolution is a millisecond. `roll` and `close` flush without waiting.
 //! Write → fdatasync → acknowledge is strictly sequential: there is never more than one write in
 //! flight, so io_uring's freedom to complete operations out of order cannot reorder them.
 //!
@@ -93,26 +100,46 @@ pub(crate) fn open_writer(
 }
 
 /// The committer task: wakes when frames are queued, flushes them, exits when the log is
-/// closed, poisoned or dropped.
+/// closed, poisoned or dropped. With `batch_linger` it writes one batch at a time and waits
+/// between them (without the writer lock, so `roll` and `close` never wait for the pace).
 pub(crate) async fn run(weak: Weak<Inner>, notify: Rc<Notify>) {
     let _guard = PanicGuard(weak.clone());
     loop {
         notify.notified().await;
-        let Some(inner) = weak.upgrade() else { return };
-        {
-            let st = inner.state.borrow();
-            if st.closed || st.poisoned {
-                return;
+        loop {
+            let Some(inner) = weak.upgrade() else { return };
+            {
+                let st = inner.state.borrow();
+                if st.closed || st.poisoned {
+                    return;
+                }
+            }
+            if let Some(due) = pace_due(&inner) {
+                drop(inner);
+                tokio::time::sleep_until(due).await;
+                continue;
+            }
+            let paced = !inner.opts.batch_linger.is_zero();
+            let mut w = inner.writer.lock().await;
+            // Errors reach the callers through their waiters (poisoning); nothing to do here.
+            let _ = flush(&inner, &mut w, paced).await;
+            if !paced || inner.state.borrow().pending.is_empty() {
+                break;
             }
         }
-        let linger = inner.opts.batch_linger;
-        if !linger.is_zero() && inner.state.borrow().pending_bytes < inner.opts.batch_bytes_max {
-            tokio::time::sleep(linger).await;
-        }
-        let mut w = inner.writer.lock().await;
-        // Errors reach the callers through their waiters (poisoning); nothing to do here.
-        let _ = flush(&inner, &mut w).await;
     }
+}
+
+/// When the next batch may start, if that is later than now: `batch_linger` after the previous
+/// batch started, unless a full batch is queued (see the module doc).
+fn pace_due(inner: &Inner) -> Option<tokio::time::Instant> {
+    let linger = inner.opts.batch_linger;
+    let st = inner.state.borrow();
+    if linger.is_zero() || st.pending.is_empty() || st.pending_bytes >= inner.opts.batch_bytes_max {
+        return None;
+    }
+    let due = st.last_batch_at? + linger;
+    (tokio::time::Instant::now() < due).then_some(due)
 }
 
 /// If the committer panics (a broken invariant), every waiter would otherwise wait forever:
@@ -148,8 +175,9 @@ enum Step {
     Batch,
 }
 
-/// Writes and fsyncs every queued frame, batch by batch, rolling segments as needed.
-pub(crate) async fn flush(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
+/// Writes and fsyncs every queued frame, batch by batch, rolling segments as needed; with
+/// `one_batch`, returns after the first batch written.
+pub(crate) async fn flush(inner: &Inner, w: &mut Writer, one_batch: bool) -> Result<(), Error> {
     loop {
         let step = {
             let mut st = inner.state.borrow_mut();
@@ -186,6 +214,9 @@ pub(crate) async fn flush(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
                     poison(inner, &e);
                     return Err(e);
                 }
+                if one_batch {
+                    return Ok(());
+                }
             }
         }
     }
@@ -193,6 +224,7 @@ pub(crate) async fn flush(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
 
 /// One batch: one write, one fdatasync, then acknowledge.
 async fn write_batch(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
+    inner.state.borrow_mut().last_batch_at = Some(tokio::time::Instant::now());
     let mut buf = std::mem::take(&mut w.buf);
     let mut positions = std::mem::take(&mut w.positions);
     buf.clear();

@@ -89,6 +89,8 @@ pub(crate) struct State {
     pub closed: bool,
     pub pending: VecDeque<PendingFrame>,
     pub pending_bytes: usize,
+    /// When the committer last started a batch: `batch_linger` counts from here.
+    pub last_batch_at: Option<tokio::time::Instant>,
     /// Sorted by offset.
     pub waiters: VecDeque<(u64, oneshot::Sender<Outcome>)>,
     pub roll_requested: bool,
@@ -178,6 +180,7 @@ impl Log {
             closed: false,
             pending: VecDeque::new(),
             pending_bytes: 0,
+            last_batch_at: None,
             waiters: VecDeque::new(),
             roll_requested: false,
             active_created_unix_ms: active.created_unix_ms,
@@ -507,7 +510,7 @@ impl Log {
     /// A no-op when the active segment holds no records.
     pub async fn roll(&self) -> Result<(), Error> {
         let mut w = self.inner.writer.lock().await;
-        commit::flush(&self.inner, &mut w).await?;
+        commit::flush(&self.inner, &mut w, false).await?;
         if w.frames == 0 {
             return Ok(());
         }
@@ -600,7 +603,7 @@ impl Log {
             st.closing = true;
         }
         let mut w = self.inner.writer.lock().await;
-        let flushed = commit::flush(&self.inner, &mut w).await;
+        let flushed = commit::flush(&self.inner, &mut w, false).await;
         // A clean close leaves no zero-filled tail; if trimming fails the tail is still only
         // zeros, which recovery drops.
         let write_pos = w.write_pos;

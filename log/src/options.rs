@@ -26,8 +26,10 @@ pub struct Options {
     /// Upper bound of one group-commit batch (one write + one fdatasync). A single frame larger
     /// than this is written alone. Default 1 MiB.
     pub batch_bytes_max: usize,
-    /// How long the committer waits for more appends before writing a batch that is not full.
-    /// Default 0 (write as soon as the previous fsync finished).
+    /// The least time between the starts of two batches, unless a full batch is queued: caps
+    /// the fsync rate at one per `batch_linger` under load. A record that arrives after a quiet
+    /// spell is written at once. Millisecond resolution (tokio's timer). Default 0 (write as
+    /// soon as the previous fsync finished).
     pub batch_linger: Duration,
     /// Largest frame (24-byte header + payload) accepted on write and on read. Must never shrink
     /// for an existing log: larger frames already on disk would then read as damaged.

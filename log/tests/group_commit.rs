@@ -118,11 +118,11 @@ fn batches_respect_batch_bytes_max() {
 }
 
 #[test]
-fn linger_gathers_sequential_appends_into_one_batch() {
+fn linger_spaces_batches_under_load() {
     common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut o = common::opts(dir.path());
-        o.batch_linger = Duration::from_millis(400);
+        o.batch_linger = Duration::from_millis(800);
         let (log, _) = common::open(o).await;
         let mut last = 0;
         for i in 0..20u64 {
@@ -132,8 +132,39 @@ fn linger_gathers_sequential_appends_into_one_batch() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         log.wait_durable(last).await.expect("wait");
-        // ~20 ms of appends fall inside one 400 ms linger (without it: one batch per append).
-        assert_eq!(log.stats().batches, 1, "{:?}", log.stats());
+        // The first append finds the committer idle and is written at once; the other 19
+        // (~20 ms of appends) wait out the linger together (without it: a batch per append).
+        assert_eq!(log.stats().batches, 2, "{:?}", log.stats());
+    });
+}
+
+#[test]
+fn linger_never_delays_a_record_after_a_quiet_spell_nor_close() {
+    common::run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut o = common::opts(dir.path());
+        o.batch_linger = Duration::from_secs(3600);
+        let (log, _) = common::open(o.clone()).await;
+        // No batch before it: written at once, not an hour later.
+        let first = log.append(0, common::payload(1, 10)).await.expect("first");
+        // The next one waits for the linger ...
+        let second = log
+            .append_nowait(0, common::payload(2, 10))
+            .expect("second");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(log.durable_offset() <= second, "written before the linger");
+        // ... but `close` writes it without waiting.
+        log.close().await.expect("close");
+        drop(log);
+        let (log, _) = common::open(o).await;
+        assert_eq!(
+            log.read(first).expect("first").payload,
+            common::payload(1, 10)
+        );
+        assert_eq!(
+            log.read(second).expect("second").payload,
+            common::payload(2, 10)
+        );
     });
 }
 

@@ -112,8 +112,11 @@ section! {
         segment_age_max_ms: u64 = d::SEGMENT_AGE_MAX_MS,
         /// Largest group-commit batch (one write and one fsync).
         batch_bytes_max: u64 = d::BATCH_BYTES_MAX,
-        /// How long a commit waits for more records before writing a batch that is not full
-        /// (0 = write as soon as the previous fsync ends).
+        /// The least time between the starts of two group commits (write + fdatasync) while
+        /// records keep coming, unless a full batch is queued: caps the fsync rate at one per
+        /// this many µs; a record after a quiet spell is written at once. 0 = write as soon as
+        /// the previous fsync ends. Millisecond resolution. For hosts that charge I/O to the
+        /// guest's CPU quota (BENCHMARKS.md §2, "The 5k tail is the host's CPU quota").
         batch_linger_us: u64 = d::BATCH_LINGER_US,
         /// Write the active segment with `O_DIRECT`, around the page cache, where the
         /// filesystem takes it (not on tmpfs): less CPU per record at moderate rates; tail

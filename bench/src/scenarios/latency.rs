@@ -73,12 +73,14 @@ pub async fn measure(a: &LatencyArgs) -> anyhow::Result<Row> {
         } else {
             String::new()
         };
+        let host = r.hiccups.summary();
         parts.push(format!(
-            "{}k: {} / {} / {} ms{failed}",
+            "{}k: {} / {} / {} ms{failed} (host stalled {:.1} % of the time)",
             rate as f64 / 1000.0,
             ms(s.p50_ms),
             ms(s.p99_ms),
-            ms(s.p999_ms)
+            ms(s.p999_ms),
+            host.lost_pct
         ));
         if rate == JUDGED_RATE && !c.smoke {
             verdict = Verdict::from_bool(s.p99_ms <= JUDGED_P99_MS && r.failed() == 0);
@@ -86,7 +88,7 @@ pub async fn measure(a: &LatencyArgs) -> anyhow::Result<Row> {
         if c.smoke && r.ok() == 0 {
             verdict = Verdict::Fail;
         }
-        per_rate.push(json!({"rate": rate, "ok_per_s": r.ok_per_s(), "ack": s, "failed": r.failed(), "errors": r.errors_line()}));
+        per_rate.push(json!({"rate": rate, "ok_per_s": r.ok_per_s(), "ack": s, "failed": r.failed(), "errors": r.errors_line(), "host_stalls": host}));
     }
     let endpoints = bed.endpoints.clone();
     bed.stop().await;
@@ -108,14 +110,16 @@ pub async fn measure(a: &LatencyArgs) -> anyhow::Result<Row> {
         drop(null);
         eprintln!("{}", r.describe());
         let s = r.ack.summary();
+        let host = r.hiccups.summary();
         null_text = format!(
-            "; null server {}k: {} / {} / {} ms",
+            "; null server {}k: {} / {} / {} ms (host stalled {:.1} %)",
             JUDGED_RATE as f64 / 1000.0,
             ms(s.p50_ms),
             ms(s.p99_ms),
-            ms(s.p999_ms)
+            ms(s.p999_ms),
+            host.lost_pct
         );
-        null_json = json!({"rate": JUDGED_RATE, "ok_per_s": r.ok_per_s(), "ack": s, "failed": r.failed(), "threads": a.null_threads});
+        null_json = json!({"rate": JUDGED_RATE, "ok_per_s": r.ok_per_s(), "ack": s, "failed": r.failed(), "threads": a.null_threads, "host_stalls": host});
     }
     Ok(Row {
         scenario: if c.smoke {
