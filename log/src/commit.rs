@@ -10,8 +10,8 @@
 //! previous one started: the fsync rate is capped at one per `batch_linger` under load, while a
 //! record that arrives after a quiet spell is written at once. On a virtual machine whose host
 //! charges its I/O threads to the guest's CPU quota, fewer fsyncs are what keeps the host from
-//! freezing the vCPUs (BENCHMARKS.md §2, "The 5k tail is the host's CPU quota"). The wait uses
-//! tokio's timer, whose resolution is a millisecond. `roll` and `close` flush without waiting.
+//! freezing the vCPUs (BENCHMARKS.md §2, "The 5k tail is the host's CPU quota"). The wait is a
+//! timerfd, to the microsecond ([`crate::pace`]). `roll` and `close` flush without waiting.
 //! Write → fdatasync → acknowledge is strictly sequential: there is never more than one write in
 //! flight, so io_uring's freedom to complete operations out of order cannot reorder them.
 //!
@@ -24,6 +24,7 @@
 
 use std::fs::OpenOptions;
 use std::rc::{Rc, Weak};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -33,6 +34,7 @@ use crate::frame::FRAME_HEADER_BYTES;
 use crate::index::{self, IndexMeta, SparseIndex};
 use crate::io::{SegmentFile, SegmentIo};
 use crate::log::{Inner, Outcome, State};
+use crate::pace::PaceTimer;
 use crate::prealloc::Prealloc;
 use crate::recovery::{map_file, now_unix_ms, write_index_file_via};
 use crate::segment::{self, ActiveView, SEGMENT_HEADER_BYTES, Sealed};
@@ -104,6 +106,7 @@ pub(crate) fn open_writer(
 /// between them (without the writer lock, so `roll` and `close` never wait for the pace).
 pub(crate) async fn run(weak: Weak<Inner>, notify: Rc<Notify>) {
     let _guard = PanicGuard(weak.clone());
+    let mut timer: Option<PaceTimer> = None;
     loop {
         notify.notified().await;
         loop {
@@ -116,7 +119,10 @@ pub(crate) async fn run(weak: Weak<Inner>, notify: Rc<Notify>) {
             }
             if let Some(due) = pace_due(&inner) {
                 drop(inner);
-                tokio::time::sleep_until(due).await;
+                timer
+                    .get_or_insert_with(PaceTimer::new)
+                    .sleep_until(due)
+                    .await;
                 continue;
             }
             let paced = !inner.opts.batch_linger.is_zero();
@@ -132,14 +138,14 @@ pub(crate) async fn run(weak: Weak<Inner>, notify: Rc<Notify>) {
 
 /// When the next batch may start, if that is later than now: `batch_linger` after the previous
 /// batch started, unless a full batch is queued (see the module doc).
-fn pace_due(inner: &Inner) -> Option<tokio::time::Instant> {
+fn pace_due(inner: &Inner) -> Option<Instant> {
     let linger = inner.opts.batch_linger;
     let st = inner.state.borrow();
     if linger.is_zero() || st.pending.is_empty() || st.pending_bytes >= inner.opts.batch_bytes_max {
         return None;
     }
     let due = st.last_batch_at? + linger;
-    (tokio::time::Instant::now() < due).then_some(due)
+    (Instant::now() < due).then_some(due)
 }
 
 /// If the committer panics (a broken invariant), every waiter would otherwise wait forever:
@@ -224,7 +230,7 @@ pub(crate) async fn flush(inner: &Inner, w: &mut Writer, one_batch: bool) -> Res
 
 /// One batch: one write, one fdatasync, then acknowledge.
 async fn write_batch(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
-    inner.state.borrow_mut().last_batch_at = Some(tokio::time::Instant::now());
+    inner.state.borrow_mut().last_batch_at = Some(Instant::now());
     let mut buf = std::mem::take(&mut w.buf);
     let mut positions = std::mem::take(&mut w.positions);
     buf.clear();

@@ -23,6 +23,7 @@ mod io;
 mod log;
 mod offline;
 mod options;
+mod pace;
 mod prealloc;
 mod reader;
 mod recent;

@@ -90,7 +90,7 @@ pub(crate) struct State {
     pub pending: VecDeque<PendingFrame>,
     pub pending_bytes: usize,
     /// When the committer last started a batch: `batch_linger` counts from here.
-    pub last_batch_at: Option<tokio::time::Instant>,
+    pub last_batch_at: Option<std::time::Instant>,
     /// Sorted by offset.
     pub waiters: VecDeque<(u64, oneshot::Sender<Outcome>)>,
     pub roll_requested: bool,

@@ -28,8 +28,8 @@ pub struct Options {
     pub batch_bytes_max: usize,
     /// The least time between the starts of two batches, unless a full batch is queued: caps
     /// the fsync rate at one per `batch_linger` under load. A record that arrives after a quiet
-    /// spell is written at once. Millisecond resolution (tokio's timer). Default 0 (write as
-    /// soon as the previous fsync finished).
+    /// spell is written at once. Microsecond resolution (a timerfd). Default 0 (write as soon as
+    /// the previous fsync finished).
     pub batch_linger: Duration,
     /// Largest frame (24-byte header + payload) accepted on write and on read. Must never shrink
     /// for an existing log: larger frames already on disk would then read as damaged.

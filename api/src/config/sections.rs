@@ -115,7 +115,7 @@ section! {
         /// The least time between the starts of two group commits (write + fdatasync) while
         /// records keep coming, unless a full batch is queued: caps the fsync rate at one per
         /// this many µs; a record after a quiet spell is written at once. 0 = write as soon as
-        /// the previous fsync ends. Millisecond resolution. For hosts that charge I/O to the
+        /// the previous fsync ends. For hosts that charge I/O to the
         /// guest's CPU quota (BENCHMARKS.md §2, "The 5k tail is the host's CPU quota").
         batch_linger_us: u64 = d::BATCH_LINGER_US,
         /// Write the active segment with `O_DIRECT`, around the page cache, where the
