@@ -5,6 +5,8 @@
 //! `batch_bytes_max` (and up to the segment size limit), writes them with one positioned write,
 //! calls `fdatasync` once, and only then advances `durable_offset` and answers the waiters of that
 //! batch. Appends that arrive while the write or fsync is in flight form the next batch.
+//! Write → fdatasync → acknowledge is strictly sequential: there is never more than one write in
+//! flight, so io_uring's freedom to complete operations out of order cannot reorder them.
 //!
 //! With `batch_linger`, a batch that is not full starts no sooner than `batch_linger` after the
 //! previous one started: the fsync rate is capped at one per `batch_linger` under load, while a
@@ -12,8 +14,6 @@
 //! charges its I/O threads to the guest's CPU quota, fewer fsyncs are what keeps the host from
 //! freezing the vCPUs (BENCHMARKS.md §2, "The 5k tail is the host's CPU quota"). The wait is a
 //! timerfd, to the microsecond ([`crate::pace`]). `roll` and `close` flush without waiting.
-//! Write → fdatasync → acknowledge is strictly sequential: there is never more than one write in
-//! flight, so io_uring's freedom to complete operations out of order cannot reorder them.
 //!
 //! Any write or fsync error poisons the log: every waiter and every later append gets
 //! [`Error::Poisoned`] until the log is reopened (and recovered). The log never retries an fsync.
