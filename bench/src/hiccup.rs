@@ -18,6 +18,8 @@
 //! the load generator's latencies are), so that the hiccup quantiles are fractions of time, not
 //! of wake-ups.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -120,37 +122,50 @@ impl HiccupSummary {
     }
 }
 
-/// A probe thread recording over `[from, until)`.
+/// A probe thread recording from `from` until it is finished (or `until`, at the latest).
 pub struct Probe {
+    stop: Arc<AtomicBool>,
     handle: std::thread::JoinHandle<Hiccups>,
 }
 
 impl Probe {
-    /// Starts the probe; it records the wake-ups that fall in `[from, until)` and stops at `until`.
+    /// Starts the probe; it records the wake-ups from `from` on, until [`Probe::finish`] or
+    /// `until`, whichever comes first.
     pub fn start(from: Instant, until: Instant) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
             .name("bench-hiccup".into())
-            .spawn(move || run(from, until))?;
-        Ok(Probe { handle })
+            .spawn(move || run(from, until, &flag))?;
+        Ok(Probe { stop, handle })
     }
 
-    /// Waits for the window to end and returns what the probe saw.
+    /// Stops the probe (a load may end long before its planned end: a closed loop that sent
+    /// its `max_requests`) and returns what it saw.
     pub fn finish(self) -> anyhow::Result<Hiccups> {
+        self.stop.store(true, Ordering::Release);
         self.handle
             .join()
             .map_err(|_| anyhow::anyhow!("the hiccup probe panicked"))
     }
 }
 
-fn run(from: Instant, until: Instant) -> Hiccups {
+fn run(from: Instant, until: Instant, stop: &AtomicBool) -> Hiccups {
     let mut h = Hiccups::new(ask_realtime());
     crate::load::set_fine_timer_slack();
-    if let Some(wait) = from.checked_duration_since(Instant::now()) {
-        std::thread::sleep(wait);
+    // Waits for `from` in steps of at most 50 ms, so that a stop before it is seen.
+    while Instant::now() < from {
+        if stop.load(Ordering::Acquire) {
+            return h;
+        }
+        std::thread::sleep(
+            TICK.max(from.saturating_duration_since(Instant::now()))
+                .min(Duration::from_millis(50)),
+        );
     }
     let started = Instant::now();
     let mut last = started;
-    while last < until {
+    while last < until && !stop.load(Ordering::Acquire) {
         std::thread::sleep(TICK);
         let now = Instant::now();
         h.record(now.saturating_duration_since(last + TICK));
@@ -192,9 +207,30 @@ mod tests {
     }
 
     #[test]
+    fn finish_stops_the_probe_long_before_its_planned_end() {
+        let from = Instant::now();
+        // Planned for an hour; the test would hang if `finish` waited for it.
+        let probe = Probe::start(from, from + Duration::from_secs(3600)).expect("spawn");
+        std::thread::sleep(Duration::from_millis(20));
+        let s = probe.finish().expect("join").summary();
+        assert!(s.hiccup.count > 0, "{s:?}");
+        assert!(s.window_s < 3600.0, "{s:?}");
+        // Stopped before its window even began: nothing recorded.
+        let later = Instant::now() + Duration::from_secs(3600);
+        let probe = Probe::start(later, later + Duration::from_secs(1)).expect("spawn");
+        let s = probe.finish().expect("join").summary();
+        assert_eq!(s.hiccup.count, 0, "{s:?}");
+    }
+
+    #[test]
     fn the_probe_records_its_window() {
         let from = Instant::now();
-        let probe = Probe::start(from, from + Duration::from_millis(50)).expect("spawn");
+        let until = from + Duration::from_millis(50);
+        let probe = Probe::start(from, until).expect("spawn");
+        // Ends by itself at `until`.
+        while Instant::now() < until + Duration::from_millis(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let h = probe.finish().expect("join");
         let s = h.summary();
         assert!(s.hiccup.count > 0, "{s:?}");
