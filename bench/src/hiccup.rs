@@ -33,7 +33,6 @@ pub const TICK: Duration = Duration::from_millis(1);
 pub const STALL: Duration = Duration::from_millis(3);
 
 /// What the probe saw over a window.
-#[derive(Clone)]
 pub struct Hiccups {
     /// How late each wake-up was (corrected for the wake-ups a stall swallowed).
     hist: LatencyHist,

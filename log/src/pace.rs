@@ -32,9 +32,7 @@ impl PaceTimer {
 
     /// Returns at `deadline` (at once if it has passed).
     pub async fn sleep_until(&mut self, deadline: Instant) {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return;
-        };
+        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return;
         }
