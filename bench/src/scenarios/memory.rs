@@ -144,7 +144,7 @@ pub async fn measure(a: &MemoryArgs) -> anyhow::Result<Row> {
             c.setup_line()
         ),
         result: format!(
-            "RSS at rest (busy 3 s after the burst): idle {}; {small} stored: {} ({}); {large} stored: {} ({}); after restart: {}; + backlog {queued}: {} ({per_backlog:+.0} B/queued delivery vs after restart); data {:.1} GiB",
+            "RSS at rest (busy 3 s after the burst): idle {}; {small} stored: {} ({}); {large} stored: {} ({}); after restart: {}; + backlog {queued}: {} ({} B/queued delivery vs after restart); data {:.1} GiB",
             rss0.text(),
             rss_small.text(),
             busy_small.text(),
@@ -152,6 +152,7 @@ pub async fn measure(a: &MemoryArgs) -> anyhow::Result<Row> {
             busy_large.text(),
             rss_restart.text(),
             rss_backlog.text(),
+            signed_whole(per_backlog),
             data_bytes as f64 / (1u64 << 30) as f64
         ),
         target: "RSS(100×N) ≈ RSS(N) (≤ ×1.25 or +64 MiB)".into(),
@@ -217,4 +218,26 @@ async fn settle_rss(bed: &Bed) -> anyhow::Result<(Rss, Rss)> {
     let busy = bed.server.rss()?;
     tokio::time::sleep(SETTLE_REST - SETTLE).await;
     Ok((busy, bed.server.rss()?))
+}
+
+/// `x` rounded to a whole number with its sign: "+5", "-2", and "+0" for anything that rounds
+/// to zero (a plain `{:+.0}` prints "-0" for -0.3).
+fn signed_whole(x: f64) -> String {
+    // Adding +0.0 turns a -0.0 into +0.0.
+    let rounded = x.round() + 0.0;
+    format!("{rounded:+.0}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signed_whole;
+
+    #[test]
+    fn signed_whole_never_prints_minus_zero() {
+        assert_eq!(signed_whole(-0.3), "+0");
+        assert_eq!(signed_whole(-0.0), "+0");
+        assert_eq!(signed_whole(0.4), "+0");
+        assert_eq!(signed_whole(-1.6), "-2");
+        assert_eq!(signed_whole(5.2), "+5");
+    }
 }
