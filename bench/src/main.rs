@@ -15,6 +15,7 @@ mod hist;
 mod http1;
 mod listen;
 mod load;
+mod logstats;
 mod mgmt;
 mod null_server;
 mod payload;

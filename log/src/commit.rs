@@ -266,9 +266,17 @@ async fn write_batch(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
 
     w.prealloc.clear_for(w.write_pos + len).await;
     // One write and one fdatasync, submitted together where the backend can.
+    let submitted = Instant::now();
     let (res, buf) = w.file.write_all_at_synced(buf, w.write_pos).await;
     w.buf = buf;
-    inner.state.borrow_mut().stats.fsyncs += 1;
+    {
+        let mut st = inner.state.borrow_mut();
+        st.stats.fsyncs += 1;
+        let took = submitted.elapsed().as_micros();
+        st.stats
+            .commit_times
+            .record(u64::try_from(took).unwrap_or(u64::MAX));
+    }
     res.map_err(|e| Error::io(&path, e))?;
 
     // Durable from here on.

@@ -33,7 +33,7 @@ mod segment;
 pub use error::Error;
 pub use frame::FRAME_HEADER_BYTES;
 pub use io::{IO_ENV, IoKind, IoMode, SimDisk};
-pub use log::{Log, Recovery, SegmentInfo, Stats};
+pub use log::{COMMIT_BOUNDS_US, CommitTimes, Log, Recovery, SegmentInfo, Stats};
 pub use offline::{TruncateOutcome, reset_dir, truncate_dir};
 pub use options::{FRAME_BYTES_LIMIT, Options};
 pub use reader::Reader;

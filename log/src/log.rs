@@ -53,6 +53,42 @@ pub struct Stats {
     pub rolls: u64,
     /// Segments deleted by `delete_below`.
     pub segments_deleted: u64,
+    /// How long the group commits took.
+    pub commit_times: CommitTimes,
+}
+
+/// Upper bounds, in µs, of the [`CommitTimes`] buckets (a last bucket takes the rest): from a
+/// fast NVMe flush (tens of µs) to a disk in trouble (a second).
+pub const COMMIT_BOUNDS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 1_000_000,
+];
+
+/// Time of each group commit, from submitting its write to the end of its fdatasync: what the
+/// disk makes every ACK wait. A histogram with the bounds [`COMMIT_BOUNDS_US`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitTimes {
+    /// `counts[i]`: commits that took at most `COMMIT_BOUNDS_US[i]` µs (and more than the bound
+    /// before it); the last entry: longer than every bound.
+    pub counts: [u64; COMMIT_BOUNDS_US.len() + 1],
+    /// Total time of all of them, µs.
+    pub sum_us: u64,
+}
+
+impl CommitTimes {
+    /// Counts one commit that took `us` µs.
+    pub fn record(&mut self, us: u64) {
+        // At most `COMMIT_BOUNDS_US.len()`: the last entry of `counts`.
+        let i = COMMIT_BOUNDS_US.partition_point(|&bound| bound < us);
+        if let Some(n) = self.counts.get_mut(i) {
+            *n += 1;
+        }
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    /// Commits counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 /// One segment as seen by [`Log::segments`].
@@ -703,5 +739,27 @@ fn release_pages(data: &[u8]) {
                 libc::MADV_DONTNEED,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod commit_times_tests {
+    use super::{COMMIT_BOUNDS_US, CommitTimes};
+
+    #[test]
+    fn a_commit_lands_in_the_first_bucket_whose_bound_it_does_not_exceed() {
+        let mut t = CommitTimes::default();
+        t.record(0);
+        t.record(50);
+        t.record(51);
+        t.record(1_000_000);
+        t.record(1_000_001);
+        let last = COMMIT_BOUNDS_US.len();
+        assert_eq!(t.counts[0], 2, "0 and 50 µs: le 50 µs");
+        assert_eq!(t.counts[1], 1, "51 µs: le 100 µs");
+        assert_eq!(t.counts[last - 1], 1, "1 s: le 1 s");
+        assert_eq!(t.counts[last], 1, "over 1 s: +Inf");
+        assert_eq!(t.count(), 5);
+        assert_eq!(t.sum_us, 50 + 51 + 1_000_000 + 1_000_001);
     }
 }

@@ -49,6 +49,11 @@ fn concurrent_appenders_share_fsyncs_on_the_real_backend() {
             stats.batches, stats.fsyncs,
             "one fsync per batch, no rolls here"
         );
+        assert_eq!(
+            stats.commit_times.count(),
+            stats.batches,
+            "every commit timed"
+        );
     });
 }
 
@@ -90,6 +95,13 @@ fn nobody_is_answered_before_the_fsync_covering_its_frame() {
         assert_eq!(stats.appends, 768);
         assert!(stats.fsyncs * 16 <= stats.appends, "{stats:?}");
         assert_eq!(disk.fsyncs(), stats.fsyncs);
+        // Every commit waited for the simulated 2 ms fsync, so none is in a bucket up to 1 ms,
+        // and the sum is at least 2 ms per commit.
+        let times = stats.commit_times;
+        assert_eq!(times.count(), stats.batches);
+        let fast = hookrelay_log::COMMIT_BOUNDS_US.partition_point(|&b| b <= 1_000);
+        assert!(times.counts[..fast].iter().all(|&n| n == 0), "{times:?}");
+        assert!(times.sum_us >= 2_000 * times.count(), "{times:?}");
     });
 }
 

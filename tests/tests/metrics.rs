@@ -299,9 +299,30 @@ async fn metrics_and_usage_count_what_receivers_saw_and_survive_restarts() {
     // No peer: nothing to lag behind, per shard.
     assert_sample(&text, "hookrelay_replication_lag_bytes{shard=\"0\"}", 0.0);
     assert_sample(&text, "hookrelay_replication_lag_bytes{shard=\"1\"}", 0.0);
+    // The logs: every ingested delivery is a record, group commits carry them, and each commit
+    // is timed once.
+    let per_shard = |family: &str| -> f64 {
+        (0..2)
+            .map(|shard| {
+                sample(&text, &format!("{family}{{shard=\"{shard}\"}}"))
+                    .unwrap_or_else(|| panic!("{family} of shard {shard} in\n{text}"))
+            })
+            .sum()
+    };
+    let appends = per_shard("hookrelay_log_appends_total");
+    let commits = per_shard("hookrelay_log_commits_total");
+    assert!(
+        appends >= all as f64,
+        "{appends} records for {all} deliveries"
+    );
+    assert!((1.0..=appends).contains(&commits), "{commits} commits");
+    assert!(per_shard("hookrelay_log_fsyncs_total") >= commits);
+    assert!(per_shard("hookrelay_log_written_bytes_total") >= appends);
+    assert_sample(&text, "hookrelay_log_commit_seconds_count", commits);
     for family in [
         "hookrelay_delivery_latency_seconds",
         "hookrelay_ingest_latency_seconds",
+        "hookrelay_log_commit_seconds",
     ] {
         assert!(
             text.contains(&format!("# TYPE {family} histogram")),

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::{Bed, BedOptions, Common, NullChild, emit, factory_for, load_config, ms, run_load};
 use crate::load::Pace;
+use crate::logstats;
 use crate::report::{Row, Verdict};
 
 /// The rate the SPEC.md p99 target is stated at, and the target.
@@ -65,7 +66,7 @@ pub async fn measure(a: &LatencyArgs) -> anyhow::Result<Row> {
         cfg.warmup = warmup;
         cfg.record_acks = false;
         eprintln!("latency: {rate} req/s for {} s", duration.as_secs());
-        let r = run_load(cfg).await?;
+        let (r, log) = logstats::during(Some(bed.server.api()), warmup, run_load(cfg)).await?;
         eprintln!("{}", r.describe());
         let s = r.ack.summary();
         let failed = if r.failed() > 0 {
@@ -75,12 +76,13 @@ pub async fn measure(a: &LatencyArgs) -> anyhow::Result<Row> {
         };
         let host = r.hiccups.summary();
         parts.push(format!(
-            "{}k: {} / {} / {} ms{failed} (host stalled {:.1} % of the time)",
+            "{}k: {} / {} / {} ms{failed} (host stalled {:.1} % of the time{})",
             rate as f64 / 1000.0,
             ms(s.p50_ms),
             ms(s.p99_ms),
             ms(s.p999_ms),
-            host.lost_pct
+            host.lost_pct,
+            log.map(|l| format!("; {}", l.text())).unwrap_or_default()
         ));
         if rate == JUDGED_RATE && !c.smoke {
             verdict = Verdict::from_bool(s.p99_ms <= JUDGED_P99_MS && r.failed() == 0);
@@ -88,7 +90,7 @@ pub async fn measure(a: &LatencyArgs) -> anyhow::Result<Row> {
         if c.smoke && r.ok() == 0 {
             verdict = Verdict::Fail;
         }
-        per_rate.push(json!({"rate": rate, "ok_per_s": r.ok_per_s(), "ack": s, "failed": r.failed(), "errors": r.errors_line(), "host_stalls": host}));
+        per_rate.push(json!({"rate": rate, "ok_per_s": r.ok_per_s(), "ack": s, "failed": r.failed(), "errors": r.errors_line(), "host_stalls": host, "log": log}));
     }
     let endpoints = bed.endpoints.clone();
     bed.stop().await;

@@ -26,7 +26,8 @@ use serde_json::json;
 
 use super::{Bed, BedOptions, Common, NullChild, emit, load_config, ms, run_load};
 use crate::load::{LoadResult, Pace};
-use crate::mgmt::EndpointInfo;
+use crate::logstats::{self, LogRates};
+use crate::mgmt::{Api, EndpointInfo};
 use crate::report::{Row, Verdict};
 use crate::server_proc::cpu_seconds;
 
@@ -69,17 +70,19 @@ struct Sweep {
     best: LoadResult,
     /// The server's CPU time per answered request during the best run (µs), when measured.
     best_cpu_us: Option<f64>,
+    /// The server's log work during the best run (HookRelay only).
+    best_log: Option<LogRates>,
     runs: Vec<serde_json::Value>,
 }
 
 /// The server's CPU seconds from `/proc/<pid>/stat` at the end of the warm-up and at the end of
 /// the run, per request answered in between: a figure that, unlike requests/s, hardly moves
 /// with what else the shared machine is doing.
-async fn cpu_per_request_us(
+async fn cpu_per_request_us<T>(
     pid: Option<u32>,
     warmup: Duration,
-    load: impl std::future::Future<Output = anyhow::Result<LoadResult>>,
-) -> anyhow::Result<(LoadResult, Option<f64>)> {
+    load: impl std::future::Future<Output = anyhow::Result<(LoadResult, T)>>,
+) -> anyhow::Result<((LoadResult, T), Option<f64>)> {
     let sample = async {
         tokio::time::sleep(warmup).await;
         pid.and_then(cpu_seconds)
@@ -87,7 +90,7 @@ async fn cpu_per_request_us(
     let (result, start) = tokio::join!(load, sample);
     let result = result?;
     let end = pid.and_then(cpu_seconds);
-    let answered = result.ok() + result.failed();
+    let answered = result.0.ok() + result.0.failed();
     let per_request = match (start, end) {
         (Some(s), Some(e)) if answered > 0 => Some((e - s) * 1e6 / answered as f64),
         _ => None,
@@ -95,43 +98,55 @@ async fn cpu_per_request_us(
     Ok((result, per_request))
 }
 
-/// Runs the same closed loop against `addr` with each connection count.
+/// The server a sweep loads.
+struct Target<'a> {
+    /// Its name in the progress lines.
+    who: &'a str,
+    /// Its process, for its CPU time.
+    pid: Option<u32>,
+    /// HookRelay's API, for its log counters; `None` for the null server.
+    api: Option<&'a Api>,
+    addr: SocketAddr,
+}
+
+/// Runs the same closed loop against `t` with each connection count.
 async fn sweep(
     a: &MaxIngestArgs,
-    who: &str,
-    pid: Option<u32>,
-    addr: SocketAddr,
+    t: Target<'_>,
     endpoints: &[EndpointInfo],
     duration: Duration,
     warmup: Duration,
 ) -> anyhow::Result<Sweep> {
     let c = &a.common;
-    let mut best: Option<(LoadResult, Option<f64>)> = None;
+    let mut best: Option<(LoadResult, Option<f64>, Option<LogRates>)> = None;
     let mut runs = Vec::new();
     for &conns in &a.connections {
-        let factory = super::factory_for(addr, c.mode, endpoints, c.body_bytes)?;
-        let mut cfg = load_config(addr, factory, c, Pace::Closed, duration, conns);
+        let factory = super::factory_for(t.addr, c.mode, endpoints, c.body_bytes)?;
+        let mut cfg = load_config(t.addr, factory, c, Pace::Closed, duration, conns);
         cfg.warmup = warmup;
         cfg.record_acks = false;
         eprintln!(
-            "max-ingest: {who}, closed loop, {conns} connections, {} s",
+            "max-ingest: {}, closed loop, {conns} connections, {} s",
+            t.who,
             duration.as_secs()
         );
-        let (r, cpu_us) = cpu_per_request_us(pid, warmup, run_load(cfg)).await?;
+        let load = logstats::during(t.api, warmup, run_load(cfg));
+        let ((r, log), cpu_us) = cpu_per_request_us(t.pid, warmup, load).await?;
         eprintln!("{}", r.describe());
-        runs.push(json!({"connections": conns, "ok_per_s": r.ok_per_s(), "ack": r.ack.summary(), "errors": r.errors_line(), "server_cpu_us_per_request": cpu_us}));
+        runs.push(json!({"connections": conns, "ok_per_s": r.ok_per_s(), "ack": r.ack.summary(), "errors": r.errors_line(), "server_cpu_us_per_request": cpu_us, "log": log}));
         if best
             .as_ref()
-            .is_none_or(|(b, _)| r.ok_per_s() > b.ok_per_s())
+            .is_none_or(|(b, _, _)| r.ok_per_s() > b.ok_per_s())
         {
-            best = Some((r, cpu_us));
+            best = Some((r, cpu_us, log));
         }
     }
-    let (best, best_cpu_us) =
+    let (best, best_cpu_us, best_log) =
         best.ok_or_else(|| anyhow::anyhow!("--connections lists no count"))?;
     Ok(Sweep {
         best,
         best_cpu_us,
+        best_log,
         runs,
     })
 }
@@ -148,9 +163,12 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
     let endpoints = bed.endpoints.clone();
     let hr = sweep(
         a,
-        "hookrelay",
-        bed.server.pid(),
-        bed.server.addr(),
+        Target {
+            who: "hookrelay",
+            pid: bed.server.pid(),
+            api: Some(bed.server.api()),
+            addr: bed.server.addr(),
+        },
         &endpoints,
         duration,
         warmup,
@@ -216,13 +234,16 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
             }
         ),
         result: format!(
-            "{:.0} ACKs/s ({} conns, p50 {} / p99 {} ms, failed {}{}){null_text}",
+            "{:.0} ACKs/s ({} conns, p50 {} / p99 {} ms, failed {}{}{}){null_text}",
             h.ok_per_s(),
             h.connections,
             ms(hs.p50_ms),
             ms(hs.p99_ms),
             h.errors_line(),
-            cpu_text(hr.best_cpu_us)
+            cpu_text(hr.best_cpu_us),
+            hr.best_log
+                .map(|l| format!(", {}", l.text()))
+                .unwrap_or_default()
         ),
         target: "≥ 0.5 × null server (aim 0.67)".into(),
         verdict,
@@ -230,7 +251,7 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
             "duration_s": duration.as_secs(),
             "warmup_s": warmup.as_secs(),
             "delivery": a.with_delivery,
-            "hookrelay": {"best_ok_per_s": h.ok_per_s(), "best_connections": h.connections, "ack": hs, "errors": h.errors_line(), "server_cpu_us_per_request": hr.best_cpu_us, "runs": hr.runs},
+            "hookrelay": {"best_ok_per_s": h.ok_per_s(), "best_connections": h.connections, "ack": hs, "errors": h.errors_line(), "server_cpu_us_per_request": hr.best_cpu_us, "log": hr.best_log, "runs": hr.runs},
             "null_server": null_json,
             "ratio": ratio,
         }),
@@ -247,9 +268,12 @@ async fn against_null(
     let null = NullChild::start(a.null_threads).await?;
     sweep(
         a,
-        "null server",
-        Some(null.pid()),
-        null.addr(),
+        Target {
+            who: "null server",
+            pid: Some(null.pid()),
+            api: None,
+            addr: null.addr(),
+        },
         endpoints,
         duration,
         warmup,

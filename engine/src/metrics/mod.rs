@@ -145,6 +145,8 @@ pub struct ShardExport {
     pub queue_oldest_age_ms: Option<u64>,
     pub endpoints_tracked: u64,
     pub endpoints_evicted_total: u64,
+    /// The shard's log counters since it was opened (`None` before it has recovered).
+    pub log: Option<hookrelay_log::Stats>,
 }
 
 impl ShardExport {
@@ -159,6 +161,7 @@ impl ShardExport {
             queue_oldest_age_ms: None,
             endpoints_tracked: 0,
             endpoints_evicted_total: 0,
+            log: None,
         }
     }
 }
@@ -400,6 +403,7 @@ impl ShardMetrics {
             queue_oldest_age_ms: None,
             endpoints_tracked: self.endpoints.len() as u64,
             endpoints_evicted_total: self.evicted_total,
+            log: None,
         }
     }
 

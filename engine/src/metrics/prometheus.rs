@@ -135,6 +135,7 @@ pub fn render(exports: &[ShardExport], shards_expected: usize) -> String {
         "Endpoints whose metrics were forgotten because a shard tracked too many.",
     );
     let _ = writeln!(out, "hookrelay_metrics_endpoints_evicted_total {evicted}");
+    render_logs(&mut out, exports);
     gauge(
         &mut out,
         "hookrelay_scrape_shards_missing",
@@ -142,6 +143,66 @@ pub fn render(exports: &[ShardExport], shards_expected: usize) -> String {
         &shards_expected.saturating_sub(exports.len()).to_string(),
     );
     out
+}
+
+/// The logs' counters, one series per shard (each shard has its own log, on its own disk if the
+/// operator wants), and one histogram of commit times over all of them. `commits` against
+/// `appends` gives the records per group commit; the rate of `fsyncs` is what
+/// `log.batch_linger_us` caps.
+fn render_logs(out: &mut String, exports: &[ShardExport]) {
+    let mut logs: Vec<(usize, &hookrelay_log::Stats)> = exports
+        .iter()
+        .filter_map(|x| x.log.as_ref().map(|l| (x.shard, l)))
+        .collect();
+    logs.sort_by_key(|(shard, _)| *shard);
+    type Field = fn(&hookrelay_log::Stats) -> u64;
+    let counters: [(&str, &str, Field); 5] = [
+        (
+            "hookrelay_log_appends_total",
+            "Records appended to each shard's log since it was opened.",
+            |l| l.appends,
+        ),
+        (
+            "hookrelay_log_commits_total",
+            "Group commits (one write and one fdatasync, answering every record in it) of each shard's log since it was opened.",
+            |l| l.batches,
+        ),
+        (
+            "hookrelay_log_fsyncs_total",
+            "fsync and fdatasync calls of each shard's log since it was opened: its commits, plus those that seal and create segments.",
+            |l| l.fsyncs,
+        ),
+        (
+            "hookrelay_log_written_bytes_total",
+            "Record bytes each shard's log wrote in its commits since it was opened.",
+            |l| l.bytes_written,
+        ),
+        (
+            "hookrelay_log_segments_rolled_total",
+            "Segments each shard's log sealed since it was opened.",
+            |l| l.rolls,
+        ),
+    ];
+    for (name, help, field) in counters {
+        head(out, name, "counter", help);
+        for (shard, l) in &logs {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {}", field(l));
+        }
+    }
+    let mut commits = PromHistogram::new(&hookrelay_log::COMMIT_BOUNDS_US);
+    for (_, l) in &logs {
+        for (total, n) in commits.counts.iter_mut().zip(l.commit_times.counts) {
+            *total += n;
+        }
+        commits.sum_us = commits.sum_us.saturating_add(l.commit_times.sum_us);
+        commits.count += l.commit_times.count();
+    }
+    histogram(
+        out,
+        "hookrelay_log_commit_seconds",
+        "Time of each group commit, from submitting its write to the end of its fdatasync: what the disk makes every ACK wait.",
+        &commits,
+    );
 }
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -196,6 +257,17 @@ mod tests {
         a.ingest.record(202, std::time::Duration::from_millis(2));
         a.inflight = 3;
         a.queue_oldest_age_ms = Some(1500);
+        let mut log = hookrelay_log::Stats {
+            appends: 10,
+            batches: 4,
+            fsyncs: 5,
+            bytes_written: 1234,
+            rolls: 1,
+            ..Default::default()
+        };
+        log.commit_times.record(300);
+        log.commit_times.record(700);
+        a.log = Some(log);
         let b = ShardExport::ingest_only(1, IngestStats::default());
         let text = render(&[a, b], 3);
         for line in [
@@ -211,6 +283,17 @@ mod tests {
             "hookrelay_inflight 3",
             "hookrelay_queue_oldest_age_seconds 1.5",
             "hookrelay_scrape_shards_missing 1",
+            "hookrelay_log_appends_total{shard=\"0\"} 10",
+            "hookrelay_log_commits_total{shard=\"0\"} 4",
+            "hookrelay_log_fsyncs_total{shard=\"0\"} 5",
+            "hookrelay_log_written_bytes_total{shard=\"0\"} 1234",
+            "hookrelay_log_segments_rolled_total{shard=\"0\"} 1",
+            "hookrelay_log_commit_seconds_bucket{le=\"0.00025\"} 0",
+            "hookrelay_log_commit_seconds_bucket{le=\"0.0005\"} 1",
+            "hookrelay_log_commit_seconds_bucket{le=\"0.001\"} 2",
+            "hookrelay_log_commit_seconds_bucket{le=\"+Inf\"} 2",
+            "hookrelay_log_commit_seconds_count 2",
+            "hookrelay_log_commit_seconds_sum 0.001",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -230,6 +313,10 @@ mod tests {
                 "{l}"
             );
         }
+        assert!(
+            !text.contains("hookrelay_log_appends_total{shard=\"1\"}"),
+            "a shard without a log yet has no log series"
+        );
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

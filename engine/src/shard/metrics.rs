@@ -206,6 +206,7 @@ impl ShardCore {
         let mut x = self.metrics.borrow().export(self.id, ingest_stats());
         x.inflight = self.attempts_running.get() as u64;
         x.queue_oldest_age_ms = self.queue_oldest_age_ms(now);
+        x.log = Some(self.log.stats());
         x
     }
 
