@@ -125,6 +125,16 @@ pub(crate) async fn run(weak: Weak<Inner>, notify: Rc<Notify>) {
                     .await;
                 continue;
             }
+            if let Some(due) = hold_due(&inner) {
+                drop(inner);
+                // Until the deadline, or until a frame that may not wait is queued.
+                let timer = timer.get_or_insert_with(PaceTimer::new);
+                tokio::select! {
+                    () = timer.sleep_until(due) => {}
+                    () = notify.notified() => {}
+                }
+                continue;
+            }
             let paced = !inner.opts.batch_linger.is_zero();
             let mut w = inner.writer.lock().await;
             // Errors reach the callers through their waiters (poisoning); nothing to do here.
@@ -145,6 +155,22 @@ fn pace_due(inner: &Inner) -> Option<Instant> {
         return None;
     }
     let due = st.last_batch_at? + linger;
+    (Instant::now() < due).then_some(due)
+}
+
+/// When only deferred frames are queued ([`crate::Log::append_deferred`]): how long the
+/// committer may still wait for another frame to write them with. Not while closing or
+/// rolling, nor with a full batch queued.
+fn hold_due(inner: &Inner) -> Option<Instant> {
+    let st = inner.state.borrow();
+    if st.pending.is_empty()
+        || st.closing
+        || st.roll_requested
+        || st.pending_bytes >= inner.opts.batch_bytes_max
+    {
+        return None;
+    }
+    let due = st.hold_until?;
     (Instant::now() < due).then_some(due)
 }
 
@@ -241,6 +267,8 @@ async fn write_batch(inner: &Inner, w: &mut Writer) -> Result<(), Error> {
     let segment_room = inner.opts.segment_bytes_max.saturating_sub(w.write_pos);
     {
         let mut st = inner.state.borrow_mut();
+        // Deferred frames are written with this batch; any left over follow right after it.
+        st.hold_until = None;
         while let Some(f) = st.pending.front() {
             let len = f.len();
             let fits_batch = buf.len() + len <= inner.opts.batch_bytes_max;

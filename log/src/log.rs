@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Mutex, Notify, oneshot};
@@ -127,6 +128,10 @@ pub(crate) struct State {
     pub pending_bytes: usize,
     /// When the committer last started a batch: `batch_linger` counts from here.
     pub last_batch_at: Option<std::time::Instant>,
+    /// While every pending frame was queued with [`Log::append_deferred`]: the latest time the
+    /// committer may wait for another frame before writing them. `None` as soon as a frame that
+    /// may not wait is queued, and when a batch is taken.
+    pub hold_until: Option<std::time::Instant>,
     /// Sorted by offset.
     pub waiters: VecDeque<(u64, oneshot::Sender<Outcome>)>,
     pub roll_requested: bool,
@@ -217,6 +222,7 @@ impl Log {
             pending: VecDeque::new(),
             pending_bytes: 0,
             last_batch_at: None,
+            hold_until: None,
             waiters: VecDeque::new(),
             roll_requested: false,
             active_created_unix_ms: active.created_unix_ms,
@@ -291,7 +297,21 @@ impl Log {
     /// Queues a record for the next batch and returns its offset at once; it is durable once
     /// [`Log::wait_durable`] for it (or a later offset) resolves.
     pub fn append_nowait(&self, record_type: u8, payload: Bytes) -> Result<u64, Error> {
-        self.enqueue(None, record_type, payload)
+        self.enqueue(None, None, record_type, payload)
+    }
+
+    /// Like [`Log::append_nowait`], for a record that need not be durable at once: it starts
+    /// no group commit by itself but rides with the next one, or is written `within` after it
+    /// was queued if no other record comes first. `roll` and `close` write it at once. A
+    /// follow-up record (a delivery attempt's outcome after its ingest record) then costs no
+    /// fsync of its own.
+    pub fn append_deferred(
+        &self,
+        record_type: u8,
+        payload: Bytes,
+        within: Duration,
+    ) -> Result<u64, Error> {
+        self.enqueue(None, Some(within), record_type, payload)
     }
 
     /// Replication: queues a frame copied from the primary, at the primary's `offset` and
@@ -309,13 +329,15 @@ impl Log {
         record_type: u8,
         payload: Bytes,
     ) -> Result<u64, Error> {
-        self.enqueue(Some((offset, epoch)), record_type, payload)
+        self.enqueue(Some((offset, epoch)), None, record_type, payload)
     }
 
-    /// Encodes and queues one frame; `replicated` carries the caller's (offset, epoch).
+    /// Encodes and queues one frame; `replicated` carries the caller's (offset, epoch), `hold`
+    /// how long the frame may wait for company ([`Log::append_deferred`]).
     fn enqueue(
         &self,
         replicated: Option<(u64, u32)>,
+        hold: Option<Duration>,
         record_type: u8,
         payload: Bytes,
     ) -> Result<u64, Error> {
@@ -364,6 +386,25 @@ impl Log {
         let offset = st.next_offset;
         st.next_offset += 1;
         let header = frame::encode_header(offset, st.epoch, record_type, &payload);
+        // The committer needs waking for a frame that may not wait, or to (re)arm its wait for
+        // the first deferred one; a deferred frame joining deferred ones keeps the deadline.
+        let wake = match hold {
+            None => {
+                st.hold_until = None;
+                true
+            }
+            Some(within) if st.pending.is_empty() => {
+                st.hold_until = Some(std::time::Instant::now() + within);
+                true
+            }
+            Some(within) => match st.hold_until {
+                Some(until) if std::time::Instant::now() + within < until => {
+                    st.hold_until = Some(std::time::Instant::now() + within);
+                    true
+                }
+                _ => false,
+            },
+        };
         st.pending.push_back(PendingFrame {
             offset,
             header,
@@ -372,7 +413,9 @@ impl Log {
         st.pending_bytes += len;
         st.stats.appends += 1;
         drop(st);
-        self.inner.notify.notify_one();
+        if wake {
+            self.inner.notify.notify_one();
+        }
         Ok(offset)
     }
 

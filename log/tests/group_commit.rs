@@ -181,6 +181,69 @@ fn linger_never_delays_a_record_after_a_quiet_spell_nor_close() {
 }
 
 #[test]
+fn a_deferred_record_rides_with_the_next_commit() {
+    common::run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _) = common::open(common::opts(dir.path())).await;
+        let deferred = log
+            .append_deferred(0, common::payload(1, 10), Duration::from_secs(3600))
+            .expect("deferred");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            log.durable_offset() <= deferred,
+            "written before company came"
+        );
+        assert_eq!(log.stats().batches, 0, "{:?}", log.stats());
+        // A record that may not wait is written at once, and takes the deferred one along.
+        let urgent = log.append(0, common::payload(2, 10)).await.expect("urgent");
+        assert!(log.durable_offset() > urgent && urgent > deferred);
+        assert_eq!(
+            log.stats().batches,
+            1,
+            "one commit for both: {:?}",
+            log.stats()
+        );
+    });
+}
+
+#[test]
+fn a_deferred_record_alone_is_written_by_its_deadline_and_by_close() {
+    common::run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = common::opts(dir.path());
+        let (log, _) = common::open(o.clone()).await;
+        let queued_at = std::time::Instant::now();
+        let first = log
+            .append_deferred(0, common::payload(1, 10), Duration::from_millis(30))
+            .expect("first");
+        // More deferred records keep the first one's deadline.
+        let second = log
+            .append_deferred(0, common::payload(2, 10), Duration::from_millis(30))
+            .expect("second");
+        log.wait_durable(second)
+            .await
+            .expect("written by the deadline");
+        assert!(
+            queued_at.elapsed() >= Duration::from_millis(30),
+            "written early"
+        );
+        assert!(log.durable_offset() > first);
+        assert_eq!(log.stats().batches, 1, "{:?}", log.stats());
+        // `close` does not wait for an hour's deadline.
+        let third = log
+            .append_deferred(0, common::payload(3, 10), Duration::from_secs(3600))
+            .expect("third");
+        log.close().await.expect("close");
+        drop(log);
+        let (log, _) = common::open(o).await;
+        assert_eq!(
+            log.read(third).expect("third").payload,
+            common::payload(3, 10)
+        );
+    });
+}
+
+#[test]
 fn size_and_age_rolls() {
     common::run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");

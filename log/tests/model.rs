@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use proptest::prelude::*;
 
@@ -16,6 +18,14 @@ enum Op {
     Burst {
         n: usize,
         len: usize,
+    },
+    /// `n` appends queued with `append_deferred`; then, with `company`, one `append` that
+    /// takes them along (their deadline is an hour away), else a `wait_durable` for the last
+    /// (their deadline is 1 ms away).
+    Deferred {
+        n: usize,
+        len: usize,
+        company: bool,
     },
     Roll,
     Reopen,
@@ -31,6 +41,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => (any::<u8>(), len.clone()).prop_map(|(record_type, len)| Op::Append { record_type, len }),
         3 => (1usize..40, 0usize..300).prop_map(|(n, len)| Op::Burst { n, len }),
+        3 => (1usize..20, 0usize..300, any::<bool>())
+            .prop_map(|(n, len, company)| Op::Deferred { n, len, company }),
         2 => Just(Op::Roll),
         2 => Just(Op::Reopen),
         2 => (0u16..=1000).prop_map(|per_mille| Op::DeleteBelow { per_mille }),
@@ -114,6 +126,29 @@ proptest! {
                             model.push(Rec { epoch, record_type: 7, payload: p });
                         }
                         log.wait_durable(last).await.expect("wait_durable");
+                    }
+                    Op::Deferred { n, len, company } => {
+                        let within = if company {
+                            Duration::from_secs(3600)
+                        } else {
+                            Duration::from_millis(1)
+                        };
+                        let mut last = 0;
+                        for _ in 0..n {
+                            let p = common::payload(model.len() as u64, len);
+                            last = log.append_deferred(5, p.clone(), within).expect("append_deferred");
+                            assert_eq!(last, model.len() as u64);
+                            model.push(Rec { epoch, record_type: 5, payload: p });
+                        }
+                        if company {
+                            let p = common::payload(model.len() as u64, len);
+                            let off = log.append(9, p.clone()).await.expect("append");
+                            assert_eq!(off, last + 1);
+                            model.push(Rec { epoch, record_type: 9, payload: p });
+                        } else {
+                            log.wait_durable(last).await.expect("wait_durable");
+                        }
+                        assert!(log.durable_offset() > last);
                     }
                     Op::Roll => log.roll().await.expect("roll"),
                     Op::Reopen => {

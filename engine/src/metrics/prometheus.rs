@@ -145,8 +145,8 @@ pub fn render(exports: &[ShardExport], shards_expected: usize) -> String {
     out
 }
 
-/// The logs' counters, one series per shard (each shard has its own log, on its own disk if the
-/// operator wants), and one histogram of commit times over all of them. `commits` against
+/// The logs' counters, one series per shard (each shard has its own log), and one histogram of
+/// commit times over all of them. `commits` against
 /// `appends` gives the records per group commit; the rate of `fsyncs` is what
 /// `log.batch_linger_us` caps.
 fn render_logs(out: &mut String, exports: &[ShardExport]) {

@@ -26,6 +26,10 @@ const REPLACED_HEADERS: &[&str] = &[
     "x-hookrelay-replay-of",
 ];
 
+/// How long an attempt record may wait for a group commit to ride with ([`ShardCore::book`]).
+/// Short: the delivery's status in the state table (and the API) lags by as much at low rates.
+const ATTEMPT_RECORD_HOLD: Duration = Duration::from_millis(5);
+
 /// Runs one attempt of `entry` and books its outcome; the attempt slot is released at the end.
 pub(crate) async fn run(core: Rc<ShardCore>, endpoint_id: Rc<str>, entry: Entry) {
     attempt(&core, &endpoint_id, entry).await;
@@ -115,9 +119,15 @@ async fn attempt(core: &Rc<ShardCore>, endpoint_id: &str, mut entry: Entry) {
 }
 
 impl ShardCore {
-    /// Appends an attempt record, waits for it to be durable, then updates the state table and
-    /// the scheduler. On a log failure the outcome stays in memory only: the delivery will be
-    /// attempted again after restart (at least once, never lost).
+    /// Appends an attempt record and hands the outcome to the scheduler at once; once the
+    /// record is durable, updates the state table, the metrics and usage, and queues a final
+    /// failure for the DLQ.
+    ///
+    /// The record is deferred ([`ATTEMPT_RECORD_HOLD`]): it rides with the next group commit
+    /// rather than forcing one, so a webhook costs one fsync, not two, at low rates. The
+    /// scheduler need not wait for it: a crash before it is durable only repeats the attempt
+    /// after restart (at least once, never lost), as does a log failure, after which the
+    /// outcome stays in memory only.
     pub(crate) async fn book(
         self: &Rc<Self>,
         endpoint_id: &str,
@@ -128,13 +138,28 @@ impl ShardCore {
         let status_after = booked.status_after;
         let next_due_ms = booked.next_due_ms;
         let usage = self.usage_pending(&booked);
-        match self.log.append(TYPE_ATTEMPTED, booked.encode()).await {
+        let queued = self
+            .log
+            .append_deferred(TYPE_ATTEMPTED, booked.encode(), ATTEMPT_RECORD_HOLD);
+        if let Ok(offset) = queued {
+            entry.last_offset = offset;
+            entry.attempts = entry.attempts.max(booked.n);
+        }
+        self.sched
+            .borrow_mut()
+            .done(endpoint_id, *entry, done, crate::clock::mono_ms());
+        self.wake.notify_one();
+        let durable = match queued {
+            Ok(offset) => self.log.wait_durable(offset).await.map(|()| offset),
+            Err(e) => Err(e),
+        };
+        match durable {
             Ok(offset) => {
                 self.note_attempt(endpoint_id, &booked, offset, usage);
-                entry.last_offset = offset;
-                entry.attempts = entry.attempts.max(booked.n);
                 let mut table = self.table.borrow_mut();
-                if let Some(mut slot) = table.get(entry.seq) {
+                // A later attempt of the same delivery may have been booked meanwhile: only
+                // a newer record moves the slot.
+                if let Some(mut slot) = table.get(entry.seq).filter(|s| s.last_offset < offset) {
                     slot.last_offset = offset;
                     slot.status = status_after;
                     slot.attempts = u16::try_from(entry.attempts).unwrap_or(u16::MAX);
@@ -148,9 +173,6 @@ impl ShardCore {
                 tracing::error!(shard = self.id, seq = entry.seq, error = %e, "could not record an attempt");
             }
         }
-        self.sched
-            .borrow_mut()
-            .done(endpoint_id, *entry, done, crate::clock::mono_ms());
         if matches!(status_after, Status::Failed | Status::Exhausted) {
             self.queue_dead_letter(entry.seq);
         }
