@@ -13,6 +13,10 @@
 //! group commit, a closed loop's throughput is connections / ACK latency), while the null
 //! server does best with fewer.
 //!
+//! Both servers are up for the whole scenario, and their runs alternate (hookrelay then the null
+//! server at each connection count, `--rounds` times over): requests/s on a shared machine
+//! drift with the hour, and a noisy stretch should hit both sides of the ratio, not one.
+//!
 //! Each run also reports the server's CPU time per answered request (`/proc/<pid>/stat`, user +
 //! system over the measured window): requests/s on a shared 2-core machine move by ±20 % from
 //! one run to the next, CPU per request by a few percent, so it is the figure to compare builds
@@ -58,6 +62,10 @@ pub struct MaxIngestArgs {
     /// Skip the null-server run.
     #[arg(long)]
     pub skip_null: bool,
+    /// Times over every connection count, each server alternating with the other; each is
+    /// credited with its best run.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
 }
 
 pub async fn run(a: MaxIngestArgs) -> anyhow::Result<Verdict> {
@@ -65,7 +73,7 @@ pub async fn run(a: MaxIngestArgs) -> anyhow::Result<Verdict> {
     emit(&a.common, &row)
 }
 
-/// The best of a sweep over connection counts, and every run's figures.
+/// The best of a server's runs, and every run's figures.
 struct Sweep {
     best: LoadResult,
     /// The server's CPU time per answered request during the best run (µs), when measured.
@@ -73,6 +81,45 @@ struct Sweep {
     /// The server's log work during the best run (HookRelay only).
     best_log: Option<LogRates>,
     runs: Vec<serde_json::Value>,
+}
+
+/// A server's runs so far.
+#[derive(Default)]
+struct Tally {
+    best: Option<(LoadResult, Option<f64>, Option<LogRates>)>,
+    runs: Vec<serde_json::Value>,
+}
+
+impl Tally {
+    fn add(
+        &mut self,
+        conns: usize,
+        round: usize,
+        r: LoadResult,
+        cpu_us: Option<f64>,
+        log: Option<LogRates>,
+    ) {
+        self.runs.push(json!({"connections": conns, "round": round, "ok_per_s": r.ok_per_s(), "ack": r.ack.summary(), "errors": r.errors_line(), "server_cpu_us_per_request": cpu_us, "log": log}));
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|(b, _, _)| r.ok_per_s() > b.ok_per_s())
+        {
+            self.best = Some((r, cpu_us, log));
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<Sweep> {
+        let (best, best_cpu_us, best_log) = self
+            .best
+            .ok_or_else(|| anyhow::anyhow!("--connections lists no count"))?;
+        Ok(Sweep {
+            best,
+            best_cpu_us,
+            best_log,
+            runs: self.runs,
+        })
+    }
 }
 
 /// The server's CPU seconds from `/proc/<pid>/stat` at the end of the warm-up and at the end of
@@ -109,46 +156,79 @@ struct Target<'a> {
     addr: SocketAddr,
 }
 
-/// Runs the same closed loop against `t` with each connection count.
-async fn sweep(
+/// One closed-loop run against `t` with `conns` connections, added to `tally`.
+#[allow(clippy::too_many_arguments)]
+async fn one_run(
     a: &MaxIngestArgs,
-    t: Target<'_>,
+    t: &Target<'_>,
     endpoints: &[EndpointInfo],
     duration: Duration,
     warmup: Duration,
-) -> anyhow::Result<Sweep> {
+    conns: usize,
+    round: usize,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
     let c = &a.common;
-    let mut best: Option<(LoadResult, Option<f64>, Option<LogRates>)> = None;
-    let mut runs = Vec::new();
-    for &conns in &a.connections {
-        let factory = super::factory_for(t.addr, c.mode, endpoints, c.body_bytes)?;
-        let mut cfg = load_config(t.addr, factory, c, Pace::Closed, duration, conns);
-        cfg.warmup = warmup;
-        cfg.record_acks = false;
-        eprintln!(
-            "max-ingest: {}, closed loop, {conns} connections, {} s",
-            t.who,
-            duration.as_secs()
-        );
-        let load = logstats::during(t.api, warmup, run_load(cfg));
-        let ((r, log), cpu_us) = cpu_per_request_us(t.pid, warmup, load).await?;
-        eprintln!("{}", r.describe());
-        runs.push(json!({"connections": conns, "ok_per_s": r.ok_per_s(), "ack": r.ack.summary(), "errors": r.errors_line(), "server_cpu_us_per_request": cpu_us, "log": log}));
-        if best
-            .as_ref()
-            .is_none_or(|(b, _, _)| r.ok_per_s() > b.ok_per_s())
-        {
-            best = Some((r, cpu_us, log));
+    let factory = super::factory_for(t.addr, c.mode, endpoints, c.body_bytes)?;
+    let mut cfg = load_config(t.addr, factory, c, Pace::Closed, duration, conns);
+    cfg.warmup = warmup;
+    cfg.record_acks = false;
+    eprintln!(
+        "max-ingest: {}, closed loop, {conns} connections, {} s (round {round})",
+        t.who,
+        duration.as_secs()
+    );
+    let load = logstats::during(t.api, warmup, run_load(cfg));
+    let ((r, log), cpu_us) = cpu_per_request_us(t.pid, warmup, load).await?;
+    eprintln!("{}", r.describe());
+    tally.add(conns, round, r, cpu_us, log);
+    Ok(())
+}
+
+/// Every round, every connection count: hookrelay, then the null server when there is one.
+async fn alternate(
+    a: &MaxIngestArgs,
+    hr: Target<'_>,
+    null: Option<Target<'_>>,
+    endpoints: &[EndpointInfo],
+    duration: Duration,
+    warmup: Duration,
+) -> anyhow::Result<(Sweep, Option<Sweep>)> {
+    let mut hr_tally = Tally::default();
+    let mut null_tally = Tally::default();
+    for round in 1..=a.rounds.max(1) {
+        for &conns in &a.connections {
+            one_run(
+                a,
+                &hr,
+                endpoints,
+                duration,
+                warmup,
+                conns,
+                round,
+                &mut hr_tally,
+            )
+            .await?;
+            if let Some(null) = &null {
+                one_run(
+                    a,
+                    null,
+                    endpoints,
+                    duration,
+                    warmup,
+                    conns,
+                    round,
+                    &mut null_tally,
+                )
+                .await?;
+            }
         }
     }
-    let (best, best_cpu_us, best_log) =
-        best.ok_or_else(|| anyhow::anyhow!("--connections lists no count"))?;
-    Ok(Sweep {
-        best,
-        best_cpu_us,
-        best_log,
-        runs,
-    })
+    let null = match null {
+        Some(_) => Some(null_tally.finish()?),
+        None => None,
+    };
+    Ok((hr_tally.finish()?, null))
 }
 
 pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
@@ -161,7 +241,19 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
     };
     let bed = Bed::start(c, opts).await?;
     let endpoints = bed.endpoints.clone();
-    let hr = sweep(
+    let null_child = if a.skip_null {
+        None
+    } else {
+        match NullChild::start(a.null_threads).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                bed.stop().await;
+                return Err(e);
+            }
+        }
+    };
+    // The same closed-loop loads (same paths, signatures and bodies) against both.
+    let measured = alternate(
         a,
         Target {
             who: "hookrelay",
@@ -169,19 +261,20 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
             api: Some(bed.server.api()),
             addr: bed.server.addr(),
         },
+        null_child.as_ref().map(|n| Target {
+            who: "null server",
+            pid: Some(n.pid()),
+            api: None,
+            addr: n.addr(),
+        }),
         &endpoints,
         duration,
         warmup,
     )
     .await;
+    drop(null_child);
     bed.stop().await;
-    let hr = hr?;
-
-    let null = if a.skip_null {
-        None
-    } else {
-        Some(against_null(a, &endpoints, duration, warmup).await?)
-    };
+    let (hr, null) = measured?;
     let h = &hr.best;
     let hs = h.ack.summary();
     let ratio = null
@@ -218,14 +311,24 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
             "max-ingest".into()
         },
         load: format!(
-            "closed loop, best of {} conns, {} s each (+{} s warm-up), {}{}",
+            "closed loop, best of {} conns{}, {} s each (+{} s warm-up){}, {}{}",
             a.connections
                 .iter()
                 .map(|n| n.to_string())
                 .collect::<Vec<_>>()
                 .join("/"),
+            if a.rounds > 1 {
+                format!(" × {} rounds", a.rounds)
+            } else {
+                String::new()
+            },
             (duration - warmup).as_secs(),
             warmup.as_secs(),
+            if a.skip_null {
+                ""
+            } else {
+                ", alternating with the null server"
+            },
             c.setup_line(),
             if a.with_delivery {
                 ", delivering to the receiver"
@@ -256,27 +359,4 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
             "ratio": ratio,
         }),
     })
-}
-
-/// The same closed-loop loads (same paths, signatures and bodies) against a fresh null server.
-async fn against_null(
-    a: &MaxIngestArgs,
-    endpoints: &[EndpointInfo],
-    duration: Duration,
-    warmup: Duration,
-) -> anyhow::Result<Sweep> {
-    let null = NullChild::start(a.null_threads).await?;
-    sweep(
-        a,
-        Target {
-            who: "null server",
-            pid: Some(null.pid()),
-            api: None,
-            addr: null.addr(),
-        },
-        endpoints,
-        duration,
-        warmup,
-    )
-    .await
 }

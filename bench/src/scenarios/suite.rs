@@ -84,6 +84,8 @@ pub async fn run(a: SuiteArgs) -> anyhow::Result<Verdict> {
                     null_threads: 2,
                     with_delivery: false,
                     skip_null: false,
+                    // At full sizes, twice over: the ratio is the figure most moved by the hour.
+                    rounds: if c.quick || c.smoke { 1 } else { 2 },
                 })
                 .await
             }
