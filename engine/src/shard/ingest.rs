@@ -70,7 +70,7 @@ impl ShardCore {
         };
         self.idem
             .borrow_mut()
-            .insert(
+            .insert_new(
                 &req.endpoint_id,
                 &req.idempotency_key,
                 hash,
