@@ -657,8 +657,8 @@ impl IdempotencyIndex {
 
     /// [`insert`](Self::insert) for a record being ingested now: its offset is new to the log,
     /// so it cannot already be in the index, and the bucket's older tables are not searched for
-    /// it. Those are a random page each, per insert, once a busy day has chained tables: at
-    /// max-ingest the rate fell from 69k to 51k ACKs/s as the chain grew from one table to three
+    /// it. That search cost a random page per older table on every insert once a busy day had
+    /// chained tables; without it, max-ingest ran 6–7 % faster in alternated runs
     /// (BENCHMARKS.md §2, "The idempotency chain"). Replays (recovery) must use `insert`.
     pub fn insert_new(
         &mut self,
