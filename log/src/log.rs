@@ -393,17 +393,15 @@ impl Log {
                 st.hold_until = None;
                 true
             }
-            Some(within) if st.pending.is_empty() => {
-                st.hold_until = Some(std::time::Instant::now() + within);
-                true
-            }
-            Some(within) => match st.hold_until {
-                Some(until) if std::time::Instant::now() + within < until => {
-                    st.hold_until = Some(std::time::Instant::now() + within);
-                    true
+            Some(within) => {
+                let until = std::time::Instant::now() + within;
+                // Behind a frame that may not wait (pending, no deadline) there is nothing to arm.
+                let arm = st.pending.is_empty() || st.hold_until.is_some_and(|due| until < due);
+                if arm {
+                    st.hold_until = Some(until);
                 }
-                _ => false,
-            },
+                arm
+            }
         };
         st.pending.push_back(PendingFrame {
             offset,

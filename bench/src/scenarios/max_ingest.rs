@@ -156,18 +156,28 @@ struct Target<'a> {
     addr: SocketAddr,
 }
 
-/// One closed-loop run against `t` with `conns` connections, added to `tally`.
-#[allow(clippy::too_many_arguments)]
-async fn one_run(
-    a: &MaxIngestArgs,
-    t: &Target<'_>,
-    endpoints: &[EndpointInfo],
+/// What every run of a scenario shares.
+struct Plan<'a> {
+    a: &'a MaxIngestArgs,
+    endpoints: &'a [EndpointInfo],
     duration: Duration,
     warmup: Duration,
+}
+
+/// One closed-loop run against `t` with `conns` connections, added to `tally`.
+async fn one_run(
+    p: &Plan<'_>,
+    t: &Target<'_>,
     conns: usize,
     round: usize,
     tally: &mut Tally,
 ) -> anyhow::Result<()> {
+    let Plan {
+        a,
+        endpoints,
+        duration,
+        warmup,
+    } = *p;
     let c = &a.common;
     let factory = super::factory_for(t.addr, c.mode, endpoints, c.body_bytes)?;
     let mut cfg = load_config(t.addr, factory, c, Pace::Closed, duration, conns);
@@ -187,40 +197,17 @@ async fn one_run(
 
 /// Every round, every connection count: hookrelay, then the null server when there is one.
 async fn alternate(
-    a: &MaxIngestArgs,
+    p: &Plan<'_>,
     hr: Target<'_>,
     null: Option<Target<'_>>,
-    endpoints: &[EndpointInfo],
-    duration: Duration,
-    warmup: Duration,
 ) -> anyhow::Result<(Sweep, Option<Sweep>)> {
     let mut hr_tally = Tally::default();
     let mut null_tally = Tally::default();
-    for round in 1..=a.rounds.max(1) {
-        for &conns in &a.connections {
-            one_run(
-                a,
-                &hr,
-                endpoints,
-                duration,
-                warmup,
-                conns,
-                round,
-                &mut hr_tally,
-            )
-            .await?;
+    for round in 1..=p.a.rounds.max(1) {
+        for &conns in &p.a.connections {
+            one_run(p, &hr, conns, round, &mut hr_tally).await?;
             if let Some(null) = &null {
-                one_run(
-                    a,
-                    null,
-                    endpoints,
-                    duration,
-                    warmup,
-                    conns,
-                    round,
-                    &mut null_tally,
-                )
-                .await?;
+                one_run(p, null, conns, round, &mut null_tally).await?;
             }
         }
     }
@@ -253,8 +240,14 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
         }
     };
     // The same closed-loop loads (same paths, signatures and bodies) against both.
-    let measured = alternate(
+    let plan = Plan {
         a,
+        endpoints: &endpoints,
+        duration,
+        warmup,
+    };
+    let measured = alternate(
+        &plan,
         Target {
             who: "hookrelay",
             pid: bed.server.pid(),
@@ -267,9 +260,6 @@ pub async fn measure(a: &MaxIngestArgs) -> anyhow::Result<Row> {
             api: None,
             addr: n.addr(),
         }),
-        &endpoints,
-        duration,
-        warmup,
     )
     .await;
     drop(null_child);

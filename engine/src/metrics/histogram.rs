@@ -223,11 +223,22 @@ impl PromHistogram {
             self.bounds_us, other.bounds_us,
             "merging histograms with different bounds"
         );
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+        self.add_counts(&other.counts, other.sum_us);
+    }
+
+    /// Adds per-bucket counts taken with the same bounds (one entry per bound, then the
+    /// overflow), and their sum: a histogram kept elsewhere, such as the log's commit times.
+    pub fn add_counts(&mut self, counts: &[u64], sum_us: u64) {
+        assert_eq!(
+            counts.len(),
+            self.counts.len(),
+            "adding counts of other bounds"
+        );
+        for (a, b) in self.counts.iter_mut().zip(counts) {
             *a += b;
+            self.count += b;
         }
-        self.sum_us = self.sum_us.saturating_add(other.sum_us);
-        self.count += other.count;
+        self.sum_us = self.sum_us.saturating_add(sum_us);
     }
 
     /// `(le in seconds, cumulative count)` per bound, then `(+Inf, count)`.

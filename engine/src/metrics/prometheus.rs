@@ -191,11 +191,7 @@ fn render_logs(out: &mut String, exports: &[ShardExport]) {
     }
     let mut commits = PromHistogram::new(&hookrelay_log::COMMIT_BOUNDS_US);
     for (_, l) in &logs {
-        for (total, n) in commits.counts.iter_mut().zip(l.commit_times.counts) {
-            *total += n;
-        }
-        commits.sum_us = commits.sum_us.saturating_add(l.commit_times.sum_us);
-        commits.count += l.commit_times.count();
+        commits.add_counts(&l.commit_times.counts, l.commit_times.sum_us);
     }
     histogram(
         out,
