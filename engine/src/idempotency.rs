@@ -760,8 +760,19 @@ impl IdempotencyIndex {
 
     /// Deletes the bucket files whose every entry is at least the TTL older than `now_ms`;
     /// returns how many buckets it dropped. Lookups already ignore such entries, so calling this
-    /// late only costs disk.
+    /// late only costs disk. All on the calling thread: [`take_expired`](Self::take_expired)
+    /// leaves the slow part to another.
     pub fn expire(&mut self, now_ms: u64) -> Result<usize, Error> {
+        self.take_expired(now_ms).remove()
+    }
+
+    /// The quick half of [`expire`](Self::expire), on the thread that owns the index: forgets
+    /// the expired buckets and hands over their tables, still mapped. Unmapping them and deleting
+    /// their files is the slow half ([`ExpiredTables::remove`]): a day's table can be GiBs, and
+    /// its unlink frees every extent and drops every cached page, milliseconds that the shard
+    /// runs on its blocking pool (ARCHITECTURE.md invariant 6). Until then the files stay on
+    /// disk; an index opened meanwhile loads them as expired buckets and expires them again.
+    pub fn take_expired(&mut self, now_ms: u64) -> ExpiredTables {
         self.expired_at_ms = self.expired_at_ms.max(now_ms);
         let expired: Vec<u64> = self
             .buckets
@@ -769,21 +780,17 @@ impl IdempotencyIndex {
             .copied()
             .take_while(|&start_ms| self.bucket_expired(start_ms, now_ms))
             .collect();
+        let mut tables = Vec::new();
         for start_ms in &expired {
             let bucket = self.buckets.remove(start_ms).expect("listed bucket");
-            // Unmap before deleting, then delete newest first: a crash in between leaves a
-            // bucket with its oldest tables, which the next expire deletes.
-            for table in bucket.tables.into_iter().rev() {
-                let Table { path, map, .. } = table;
-                drop(map);
-                fs::remove_file(&path).map_err(|source| Error::Io {
-                    path,
-                    op: "remove expired table",
-                    source,
-                })?;
-            }
+            // Newest first: a crash part way leaves a bucket with its oldest tables, which the
+            // next expire deletes.
+            tables.extend(bucket.tables.into_iter().rev().map(|t| (t.path, t.map)));
         }
-        Ok(expired.len())
+        ExpiredTables {
+            buckets: expired.len(),
+            tables,
+        }
     }
 
     /// Makes the index durable as of `log_offset` (see [`IdempotencyIndex::prepare_checkpoint`]),
@@ -974,6 +981,42 @@ impl CheckpointJob {
     }
 }
 
+/// Expired tables taken out of the index ([`IdempotencyIndex::take_expired`]), to be unmapped
+/// and deleted on any thread.
+#[derive(Debug)]
+pub struct ExpiredTables {
+    buckets: usize,
+    /// Oldest bucket first, each bucket's newest table first.
+    tables: Vec<(PathBuf, MmapMut)>,
+}
+
+impl ExpiredTables {
+    /// Buckets taken out.
+    pub fn buckets(&self) -> usize {
+        self.buckets
+    }
+
+    /// Unmaps and deletes the tables, in order; returns [`ExpiredTables::buckets`]. A file
+    /// already gone counts as deleted (an index reopened meanwhile may have expired it).
+    pub fn remove(self) -> Result<usize, Error> {
+        for (path, map) in self.tables {
+            drop(map);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        path,
+                        op: "remove expired table",
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(self.buckets)
+    }
+}
+
 fn write_meta(dir: &Path, width_ms: u64, indexed_through: u64) -> Result<(), Error> {
     let path = dir.join(META_FILE);
     let tmp = dir.join(format!("{META_FILE}{TMP_SUFFIX}"));
@@ -1153,6 +1196,48 @@ mod tests {
         // A replayed insert into the dropped bucket does not bring it back.
         index.insert("ep", "old", 1, 1, 1_999).unwrap();
         assert_eq!(index.bucket_count(), 1);
+    }
+
+    /// The split expiry the shard runs: the index forgets the bucket at once, its files go
+    /// only when the taken tables are removed (on another thread), and an index opened in
+    /// between loads them, expires them itself, and the late removal still succeeds.
+    #[test]
+    fn taken_expired_tables_are_deleted_by_their_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        index.insert("ep", "old", 1, 1, 1_999).unwrap();
+        index.insert("ep", "new", 2, 2, 2_000).unwrap();
+        let none = index.take_expired(2_000 + TTL - 1);
+        assert_eq!(none.buckets(), 0);
+        assert_eq!(none.remove().unwrap(), 0);
+
+        let taken = index.take_expired(2_000 + TTL);
+        assert_eq!(taken.buckets(), 1);
+        assert_eq!(index.bucket_count(), 1);
+        assert_eq!(
+            table_files(dir.path()),
+            2,
+            "nothing deleted before the removal"
+        );
+        // A replayed insert into the taken bucket does not bring it back.
+        index.insert("ep", "old", 1, 1, 1_999).unwrap();
+        assert_eq!(index.bucket_count(), 1);
+
+        // Another index on the directory meanwhile (a shard reopening) sees both buckets and
+        // expires the old one on its own.
+        let mut reopened = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        assert_eq!(reopened.bucket_count(), 2);
+        assert_eq!(reopened.expire(2_000 + TTL).unwrap(), 1);
+        assert_eq!(
+            taken.remove().unwrap(),
+            1,
+            "a file already gone counts as deleted"
+        );
+        assert_eq!(table_files(dir.path()), 1);
+        assert_eq!(
+            index.lookup("ep", "new", 2_000 + TTL - 1).map(|h| h.offset),
+            Some(2)
+        );
     }
 
     /// The split checkpoint the shard runs (quick half on its thread, flushes elsewhere): a

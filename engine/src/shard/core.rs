@@ -55,6 +55,15 @@ pub enum Exit {
     Demoted,
 }
 
+/// Logs the outcome of deleting expired idempotency buckets.
+fn log_expiry(shard: usize, done: Result<usize, crate::idempotency::Error>) {
+    match done {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(shard, buckets = n, "expired idempotency buckets"),
+        Err(e) => tracing::warn!(shard, error = %e, "idempotency expiry failed"),
+    }
+}
+
 /// The shard's directory and the options of its log.
 pub(crate) fn log_options(
     cfg: &crate::node::EngineConfig,
@@ -302,7 +311,11 @@ impl ShardCore {
     /// them; one checkpoint at a time.
     fn maintain(self: &Rc<Self>, now: u64) {
         self.start_retention(now);
-        self.expire_idempotency(now);
+        let expired = self.idem.borrow_mut().take_expired(now);
+        if expired.buckets() > 0 {
+            let shard = self.id;
+            tokio::task::spawn_blocking(move || log_expiry(shard, expired.remove()));
+        }
         if self.checkpointing.replace(true) {
             return;
         }
@@ -336,11 +349,7 @@ impl ShardCore {
     }
 
     fn expire_idempotency(&self, now: u64) {
-        match self.idem.borrow_mut().expire(now) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(shard = self.id, buckets = n, "expired idempotency buckets"),
-            Err(e) => tracing::warn!(shard = self.id, error = %e, "idempotency expiry failed"),
-        }
+        log_expiry(self.id, self.idem.borrow_mut().expire(now));
     }
 
     /// The checkpoint's quick half: the index job, if `through` passed the last checkpoint
