@@ -211,10 +211,7 @@ async fn alternate(
             }
         }
     }
-    let null = match null {
-        Some(_) => Some(null_tally.finish()?),
-        None => None,
-    };
+    let null = null.map(|_| null_tally.finish()).transpose()?;
     Ok((hr_tally.finish()?, null))
 }
 

@@ -337,7 +337,7 @@ impl ShardCore {
 
     /// [`ShardCore::maintain`] on this thread, waiting for the flushes: at shutdown.
     fn maintain_blocking(self: &Rc<Self>, now: u64) {
-        self.expire_idempotency(now);
+        log_expiry(self.id, self.idem.borrow_mut().expire(now));
         self.checkpoint_blocking(self.log.durable_offset());
     }
 
@@ -346,10 +346,6 @@ impl ShardCore {
     pub(crate) fn checkpoint_blocking(&self, through: u64) {
         let (job, flush_table) = self.prepare_checkpoint(through);
         self.finish_checkpoint(job.map(CheckpointJob::run), flush_table());
-    }
-
-    fn expire_idempotency(&self, now: u64) {
-        log_expiry(self.id, self.idem.borrow_mut().expire(now));
     }
 
     /// The checkpoint's quick half: the index job, if `through` passed the last checkpoint
