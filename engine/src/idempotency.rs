@@ -5,7 +5,9 @@
 //! Shape: a directory of memory-mapped hash tables, grouped in time buckets (one UTC day each by
 //! default), so the TTL is enforced by deleting whole bucket files. A bucket starts with one table
 //! sized from the previous bucket's volume; when a table passes [`MAX_LOAD_PERCENT`] load a twice
-//! bigger table is chained after it (no rehash: the shard never stops for one). Slots are 32 bytes:
+//! bigger table is chained after it (no rehash: the shard never stops for one). That table, and
+//! the next bucket's first one, are made ahead of need on another thread ([`SpareJob`]), so the
+//! insert that needs one only renames it into place. Slots are 32 bytes:
 //!
 //! | bytes  | field                                                         |
 //! |--------|---------------------------------------------------------------|
@@ -70,6 +72,17 @@ const VERSION: u32 = 1;
 const META_FILE: &str = "meta";
 const META_BYTES: usize = 40;
 const TMP_SUFFIX: &str = ".tmp";
+/// A table made ahead of need is named `<table name>.spare.tmp` until it is taken: a crash
+/// leaves only a temporary file, removed at open.
+const SPARE_SUFFIX: &str = ".spare.tmp";
+/// The newest table's successor is made ahead of need once the table is this full (it is
+/// chained at [`MAX_LOAD_PERCENT`]).
+pub const SPARE_LOAD_PERCENT: u64 = 50;
+/// The next bucket's first table is made ahead of need this fraction of a bucket width before
+/// the bucket starts (an hour, with day buckets).
+pub const SPARE_LEAD_PARTS: u64 = 24;
+/// After a failed [`SpareJob`], the next one waits this long.
+pub const SPARE_RETRY_MS: u64 = 10_000;
 
 /// Failures of the idempotency index.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +114,16 @@ pub enum Error {
     /// open ([`MAX_BUCKETS`], e.g. inserts with wildly skewed timestamps).
     #[error("idempotency index full: {0}")]
     Full(String),
+}
+
+impl Error {
+    fn from_create(e: crate::prealloc::CreateError) -> Self {
+        Error::Io {
+            path: e.path,
+            op: e.op,
+            source: e.source,
+        }
+    }
 }
 
 /// Tuning of an [`IdempotencyIndex`].
@@ -315,35 +338,70 @@ impl Table {
         generation: u32,
         capacity: u64,
     ) -> Result<Self, Error> {
-        assert!(
-            capacity.is_power_of_two() && (MIN_TABLE_SLOTS..=MAX_TABLE_SLOTS).contains(&capacity)
-        );
         let path = dir.join(Self::file_name(start_ms, generation));
         let tmp = dir.join(format!(
             "{}{TMP_SUFFIX}",
             Self::file_name(start_ms, generation)
         ));
+        let (len, header) = Self::layout(capacity, start_ms, width_ms, generation);
+        let file = crate::prealloc::create_durable(&tmp, &path, len, &header)
+            .map_err(Error::from_create)?;
+        Self::drop_header_page(&file);
+        Self::map(path, file, capacity, 0)
+    }
+
+    /// A table made ahead of need ([`SpareJob`]): complete and fsynced under its spare name,
+    /// which the index renames to the table's own when it takes it.
+    fn create_spare(
+        dir: &Path,
+        start_ms: u64,
+        width_ms: u64,
+        generation: u32,
+        capacity: u64,
+    ) -> Result<Self, Error> {
+        let path = dir.join(format!(
+            "{}{SPARE_SUFFIX}",
+            Self::file_name(start_ms, generation)
+        ));
+        let (len, header) = Self::layout(capacity, start_ms, width_ms, generation);
+        let made = crate::prealloc::create_reserved(&path, len, &header)
+            .map_err(Error::from_create)
+            .and_then(|file| {
+                Self::drop_header_page(&file);
+                Self::map(path.clone(), file, capacity, 0)
+            });
+        if made.is_err() {
+            // Best effort: a file left behind is a temporary one, removed at the next open.
+            let _ = fs::remove_file(&path);
+        }
+        made
+    }
+
+    /// A table file's length and header.
+    fn layout(capacity: u64, start_ms: u64, width_ms: u64, generation: u32) -> (u64, Vec<u8>) {
+        assert!(
+            capacity.is_power_of_two() && (MIN_TABLE_SLOTS..=MAX_TABLE_SLOTS).contains(&capacity)
+        );
         let len = TABLE_HEADER_BYTES as u64 + capacity * SLOT_BYTES as u64;
-        let header = Self::encode_header(capacity, start_ms, width_ms, generation);
-        let file =
-            crate::prealloc::create_durable(&tmp, &path, len, &header).map_err(|e| Error::Io {
-                path: e.path,
-                op: e.op,
-                source: e.source,
-            })?;
-        // The header's write left a 4 KiB page in the page cache, which would keep the
-        // mapping's first 2 MiB on small pages (see `Table::set_hot`); dropped (it is clean
-        // after the fsync), the first fault reads it back as part of a huge folio.
+        (
+            len,
+            Self::encode_header(capacity, start_ms, width_ms, generation),
+        )
+    }
+
+    /// The header's write left a 4 KiB page in the page cache, which would keep the mapping's
+    /// first 2 MiB on small pages (see `Table::set_hot`); dropped (it is clean after the
+    /// fsync), the first fault reads it back as part of a huge folio.
+    fn drop_header_page(file: &File) {
         // SAFETY: plain syscall on an open descriptor; advice only, its failure changes nothing.
         let _ = unsafe {
             libc::posix_fadvise(
-                std::os::fd::AsRawFd::as_raw_fd(&file),
+                std::os::fd::AsRawFd::as_raw_fd(file),
                 0,
                 0,
                 libc::POSIX_FADV_DONTNEED,
             )
         };
-        Self::map(path, file, capacity, 0)
     }
 
     /// Opens an existing table file and checks its header against its name.
@@ -512,6 +570,16 @@ pub struct IdempotencyIndex {
     /// The latest `now_ms` given to [`IdempotencyIndex::expire`]: inserts into buckets already
     /// expired by then are skipped instead of resurrecting the bucket.
     expired_at_ms: u64,
+    /// Tables made ahead of need ([`IdempotencyIndex::spare_job`]), at most one per kind
+    /// (the newest table's successor, the next bucket's first table).
+    spares: Vec<Spare>,
+    /// A [`SpareJob`] is out.
+    spare_busy: bool,
+    /// No new spare before this (after a failed one).
+    spare_retry_at_ms: u64,
+    /// A spare was renamed into place since the last checkpoint: the next one fsyncs the
+    /// directory before it records a newer `indexed_through`.
+    renamed: bool,
 }
 
 impl IdempotencyIndex {
@@ -605,6 +673,10 @@ impl IdempotencyIndex {
             buckets,
             indexed_through,
             expired_at_ms: 0,
+            spares: Vec::new(),
+            spare_busy: false,
+            spare_retry_at_ms: 0,
+            renamed: false,
         };
         index.set_page_sizes();
         Ok(index)
@@ -705,7 +777,7 @@ impl IdempotencyIndex {
                 .next_back()
                 .map_or(0, |(_, b)| b.len());
             let slots = clamp_slots(self.options.table_slots().max(previous.saturating_mul(2)));
-            let table = Table::create(&self.dir, start_ms, width_ms, 0, slots)?;
+            let table = self.new_table(start_ms, 0, slots)?;
             self.buckets.insert(
                 start_ms,
                 Bucket {
@@ -746,16 +818,165 @@ impl IdempotencyIndex {
         }
         let last = bucket.tables.last().expect("a bucket has a table");
         let slots = clamp_slots(last.capacity.saturating_mul(2));
-        let mut table = Table::create(&self.dir, start_ms, width_ms, generation as u32, slots)?;
+        let mut table = self.new_table(start_ms, generation as u32, slots)?;
         match table.place(&entry) {
             Placed::Inserted => {}
             Placed::AlreadyPresent | Placed::NoRoom => {
                 unreachable!("a new table has room and no entries")
             }
         }
+        let bucket = self.buckets.get_mut(&start_ms).expect("bucket exists");
         bucket.tables.push(table);
         self.set_page_sizes();
         Ok(())
+    }
+
+    /// Table `generation` of bucket `start_ms`, with `capacity` slots: the spare made for it,
+    /// renamed into place (one rename on this thread: the next checkpoint fsyncs the
+    /// directory), or else made here and now (fallocate, fsync, rename and directory fsync,
+    /// milliseconds on this thread). A bucket's first table takes its spare whatever its size:
+    /// the spare was sized for the bucket when it was made.
+    fn new_table(&mut self, start_ms: u64, generation: u32, capacity: u64) -> Result<Table, Error> {
+        if let Some(i) = self.spares.iter().position(|s| {
+            s.start_ms == start_ms
+                && s.generation == generation
+                && (generation == 0 || s.table.capacity == capacity)
+        }) {
+            let mut spare = self.spares.swap_remove(i);
+            let path = self.dir.join(Table::file_name(start_ms, generation));
+            if fs::rename(&spare.table.path, &path).is_ok() {
+                self.renamed = true;
+                spare.table.path = path;
+                return Ok(spare.table);
+            }
+            // Kept, to be removed: made below instead, the table no longer needs it.
+            self.spares.push(spare);
+        }
+        Table::create(
+            &self.dir,
+            start_ms,
+            self.options.bucket_width_ms,
+            generation,
+            capacity,
+        )
+    }
+
+    /// Work that keeps the next table made ahead of need, so that inserts only rename it into
+    /// place instead of creating it on the index's thread (ARCHITECTURE.md invariant 6): the
+    /// newest table's successor once the table passes [`SPARE_LOAD_PERCENT`] load, the next
+    /// bucket's first table from [`SPARE_LEAD_PARTS`] of a width before the bucket starts; or
+    /// the removal of a spare that will not be taken (the table was made without it, its bucket
+    /// ended or another became the newest). `None`: nothing to do, or a job is still out. Cheap
+    /// enough to call after every insert. Run the job on any thread and hand its result to
+    /// [`IdempotencyIndex::finish_spare`]; one job at a time.
+    pub fn spare_job(&mut self, now_ms: u64) -> Option<SpareJob> {
+        if self.spare_busy {
+            return None;
+        }
+        if let Some(i) = self
+            .spares
+            .iter()
+            .position(|s| !self.spare_wanted(s, now_ms))
+        {
+            self.spare_busy = true;
+            return Some(SpareJob(SpareTask::Remove(self.spares.swap_remove(i))));
+        }
+        if now_ms < self.spare_retry_at_ms {
+            return None;
+        }
+        let (start_ms, generation, capacity) = self
+            .spare_needs(now_ms)
+            .into_iter()
+            .flatten()
+            .find(|&(start_ms, generation, _)| {
+                !self
+                    .spares
+                    .iter()
+                    .any(|s| s.start_ms == start_ms && s.generation == generation)
+            })?;
+        self.spare_busy = true;
+        Some(SpareJob(SpareTask::Create {
+            dir: self.dir.clone(),
+            start_ms,
+            width_ms: self.options.bucket_width_ms,
+            generation,
+            capacity,
+        }))
+    }
+
+    /// Takes back a finished [`SpareJob`]: a made spare joins the index; after a failure no
+    /// new spare is made for [`SPARE_RETRY_MS`] (inserts make their tables themselves
+    /// meanwhile), and the error is returned for the caller to report.
+    pub fn finish_spare(
+        &mut self,
+        done: Result<Option<Spare>, Error>,
+        now_ms: u64,
+    ) -> Result<(), Error> {
+        self.spare_busy = false;
+        match done {
+            Ok(Some(spare)) => {
+                self.spares.push(spare);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.spare_retry_at_ms = now_ms.saturating_add(SPARE_RETRY_MS);
+                Err(e)
+            }
+        }
+    }
+
+    /// The tables worth making ahead at `now_ms`, as (bucket start, generation, slots): the
+    /// newest table's successor, the next bucket's first table.
+    fn spare_needs(&self, now_ms: u64) -> [Option<(u64, u32, u64)>; 2] {
+        let Some((&start_ms, bucket)) = self.buckets.last_key_value() else {
+            return [None, None];
+        };
+        let newest = bucket.tables.last().expect("a bucket has a table");
+        let generation = bucket.tables.len();
+        let successor = (newest.len * 100 >= newest.capacity * SPARE_LOAD_PERCENT
+            && generation < MAX_TABLES_PER_BUCKET)
+            .then(|| {
+                (
+                    start_ms,
+                    generation as u32,
+                    clamp_slots(newest.capacity.saturating_mul(2)),
+                )
+            });
+        // The next bucket, sized like `insert` sizes a new bucket (twice the previous one's
+        // volume), from this bucket's volume so far projected over its whole width.
+        let width_ms = self.options.bucket_width_ms;
+        let next_ms = start_ms.saturating_add(width_ms);
+        let lead_ms = (width_ms / SPARE_LEAD_PARTS).max(1);
+        let next = (now_ms < next_ms && now_ms.saturating_add(lead_ms) >= next_ms).then(|| {
+            let elapsed_ms = now_ms.saturating_sub(start_ms).max(1);
+            let projected =
+                u128::from(bucket.len()) * u128::from(width_ms) / u128::from(elapsed_ms);
+            let projected = u64::try_from(projected).unwrap_or(u64::MAX);
+            let slots = clamp_slots(self.options.table_slots().max(projected.saturating_mul(2)));
+            (next_ms, 0, slots)
+        });
+        [successor, next]
+    }
+
+    /// Whether `spare` may still be taken: its bucket is the newest (or the next one) and does
+    /// not have that table yet, and a bucket's first table only while the bucket has not ended.
+    fn spare_wanted(&self, spare: &Spare, now_ms: u64) -> bool {
+        let newest_ms = self.buckets.keys().next_back().copied();
+        if newest_ms.is_some_and(|newest| spare.start_ms < newest) {
+            return false;
+        }
+        match self.buckets.get(&spare.start_ms) {
+            Some(bucket) => {
+                let last = bucket.tables.last().expect("a bucket has a table");
+                bucket.tables.len() == spare.generation as usize
+                    && clamp_slots(last.capacity.saturating_mul(2)) == spare.table.capacity
+            }
+            None => {
+                spare.generation == 0
+                    && now_ms < spare.start_ms.saturating_add(self.options.bucket_width_ms)
+            }
+        }
     }
 
     /// Deletes the bucket files whose every entry is at least the TTL older than `now_ms`;
@@ -834,6 +1055,7 @@ impl IdempotencyIndex {
             width_ms: self.options.bucket_width_ms,
             log_offset,
             tables,
+            sync_dir: std::mem::take(&mut self.renamed),
         }
     }
 
@@ -847,6 +1069,7 @@ impl IdempotencyIndex {
                 Ok(())
             }
             Err(failed) => {
+                self.renamed |= failed.sync_dir;
                 for bucket in self.buckets.values_mut() {
                     for table in &mut bucket.tables {
                         if failed.tables.contains(&table.path) {
@@ -947,6 +1170,9 @@ pub struct CheckpointJob {
     width_ms: u64,
     log_offset: u64,
     tables: Vec<PathBuf>,
+    /// A table was renamed into place since the last checkpoint ([`IdempotencyIndex::new_table`]):
+    /// its name is made durable before the meta file says its entries are.
+    sync_dir: bool,
 }
 
 /// A [`CheckpointJob`] that failed, with the tables to flush again.
@@ -954,12 +1180,14 @@ pub struct CheckpointJob {
 pub struct CheckpointFailed {
     pub error: Error,
     tables: Vec<PathBuf>,
+    sync_dir: bool,
 }
 
 impl CheckpointJob {
-    /// fdatasyncs the tables written since the last checkpoint, then writes and fsyncs the meta
-    /// file with the job's offset. A table deleted meanwhile (its bucket expired) needs no
-    /// flush. Blocks for as long as the dirty pages take.
+    /// fdatasyncs the tables written since the last checkpoint (and the directory, when a
+    /// table was renamed into place), then writes and fsyncs the meta file with the job's
+    /// offset. A table deleted meanwhile (its bucket expired) needs no flush. Blocks for as
+    /// long as the dirty pages take.
     pub fn run(self) -> Result<u64, CheckpointFailed> {
         let result = self.tables.iter().try_for_each(|path| {
             match File::open(path).and_then(|f| f.sync_data()) {
@@ -971,11 +1199,21 @@ impl CheckpointJob {
                 }),
             }
         });
-        match result.and_then(|()| write_meta(&self.dir, self.width_ms, self.log_offset)) {
+        let result = result
+            .and_then(|()| {
+                if self.sync_dir {
+                    sync_dir(&self.dir)
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| write_meta(&self.dir, self.width_ms, self.log_offset));
+        match result {
             Ok(()) => Ok(self.log_offset),
             Err(error) => Err(CheckpointFailed {
                 error,
                 tables: self.tables,
+                sync_dir: self.sync_dir,
             }),
         }
     }
@@ -1014,6 +1252,69 @@ impl ExpiredTables {
             }
         }
         Ok(self.buckets)
+    }
+}
+
+/// A table made ahead of need, not yet taken ([`IdempotencyIndex::spare_job`]).
+#[derive(Debug)]
+pub struct Spare {
+    start_ms: u64,
+    generation: u32,
+    /// Mapped already, under its spare name.
+    table: Table,
+}
+
+/// The slow half of keeping a spare table ([`IdempotencyIndex::spare_job`]): making one
+/// (fallocate, header, fsync, mmap) or removing one no longer wanted (unmap, unlink). Owns
+/// what it needs, so it runs on any thread.
+#[derive(Debug)]
+#[must_use = "a spare job does nothing until it is run and finished"]
+pub struct SpareJob(SpareTask);
+
+#[derive(Debug)]
+enum SpareTask {
+    Create {
+        dir: PathBuf,
+        start_ms: u64,
+        width_ms: u64,
+        generation: u32,
+        capacity: u64,
+    },
+    Remove(Spare),
+}
+
+impl SpareJob {
+    /// Does the work: `Some` spare made, or `None` after a removal (a file already gone counts
+    /// as removed). Blocks for as long as the file system takes.
+    pub fn run(self) -> Result<Option<Spare>, Error> {
+        match self.0 {
+            SpareTask::Create {
+                dir,
+                start_ms,
+                width_ms,
+                generation,
+                capacity,
+            } => Table::create_spare(&dir, start_ms, width_ms, generation, capacity).map(|table| {
+                Some(Spare {
+                    start_ms,
+                    generation,
+                    table,
+                })
+            }),
+            SpareTask::Remove(spare) => {
+                let Table { path, map, .. } = spare.table;
+                drop(map);
+                match fs::remove_file(&path) {
+                    Ok(()) => Ok(None),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(Error::Io {
+                        path,
+                        op: "remove spare table",
+                        source,
+                    }),
+                }
+            }
+        }
     }
 }
 
@@ -1148,6 +1449,167 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(index.buckets.get(&6_000).unwrap().tables.len(), 1);
+    }
+
+    fn spare_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(SPARE_SUFFIX))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Runs a spare job and hands its result back, as the shard does on its blocking pool.
+    fn run_spare(index: &mut IdempotencyIndex, job: SpareJob, now_ms: u64) {
+        let done = job.run();
+        index.finish_spare(done, now_ms).unwrap();
+    }
+
+    #[test]
+    fn a_full_tables_successor_is_made_ahead_and_taken_by_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        // 64 slots: the successor is wanted from 32 entries (50 %), chained at the 45th (70 %).
+        for i in 0..31u64 {
+            index
+                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
+                .unwrap();
+        }
+        assert!(index.spare_job(5_000).is_none(), "below 50 % load");
+        index.insert_new("ep", "k31", 31, 31, 5_000).unwrap();
+        let job = index.spare_job(5_000).expect("a spare at 50 % load");
+        assert!(index.spare_job(5_000).is_none(), "one job at a time");
+        run_spare(&mut index, job, 5_000);
+        let spare_name = format!("{}{SPARE_SUFFIX}", Table::file_name(5_000, 1));
+        assert_eq!(spare_files(dir.path()), vec![spare_name]);
+        assert!(
+            index.spare_job(5_000).is_none(),
+            "the spare is made already"
+        );
+        assert_eq!(table_files(dir.path()), 1);
+
+        for i in 32..60u64 {
+            index
+                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
+                .unwrap();
+        }
+        let bucket = index.buckets.get(&5_000).unwrap();
+        assert_eq!(bucket.tables.len(), 2);
+        assert_eq!(bucket.tables[1].capacity, 128);
+        assert!(index.spares.is_empty(), "the spare was taken");
+        assert!(spare_files(dir.path()).is_empty());
+        assert_eq!(table_files(dir.path()), 2);
+
+        // The rename is made durable by the next checkpoint, before its meta file.
+        let job = index.prepare_checkpoint(60);
+        assert!(job.sync_dir);
+        let done = job.run();
+        index.finish_checkpoint(done).unwrap();
+        assert!(!index.prepare_checkpoint(60).sync_dir);
+        drop(index);
+        let index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        for i in 0..60u64 {
+            let hit = index.lookup("ep", &format!("k{i}"), 5_000).unwrap();
+            assert_eq!((hit.offset, hit.body_hash), (i, i));
+        }
+    }
+
+    #[test]
+    fn the_next_buckets_first_table_is_made_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        for i in 0..10u64 {
+            index
+                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
+                .unwrap();
+        }
+        // 1000 ms buckets: from 1000 / 24 = 41 ms before the next one starts.
+        assert!(index.spare_job(5_958).is_none());
+        let job = index.spare_job(5_959).expect("the next bucket's table");
+        run_spare(&mut index, job, 5_959);
+        assert_eq!(
+            spare_files(dir.path()),
+            vec![format!("{}{SPARE_SUFFIX}", Table::file_name(6_000, 0))]
+        );
+        index.insert_new("ep", "next", 1, 10, 6_010).unwrap();
+        assert!(index.spares.is_empty(), "the spare was taken");
+        assert!(spare_files(dir.path()).is_empty());
+        assert_eq!(index.lookup("ep", "next", 6_010).unwrap().offset, 10);
+        assert_eq!(index.lookup("ep", "k3", 6_010).unwrap().offset, 3);
+
+        // A spare left by a crash is a temporary file: gone at the next open.
+        let job = index.spare_job(6_960).expect("the bucket after");
+        run_spare(&mut index, job, 6_960);
+        assert_eq!(spare_files(dir.path()).len(), 1);
+        drop(index);
+        let index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        assert!(spare_files(dir.path()).is_empty());
+        assert_eq!(index.lookup("ep", "next", 6_010).unwrap().offset, 10);
+    }
+
+    #[test]
+    fn spares_not_taken_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+        for i in 0..32u64 {
+            index
+                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
+                .unwrap();
+        }
+        // The job is slow: the table fills and makes its successor itself first.
+        let late = index.spare_job(5_000).expect("a spare at 50 % load");
+        for i in 32..50u64 {
+            index
+                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
+                .unwrap();
+        }
+        assert_eq!(index.buckets.get(&5_000).unwrap().tables.len(), 2);
+        run_spare(&mut index, late, 5_000);
+        assert_eq!(spare_files(dir.path()).len(), 1);
+        let remove = index.spare_job(5_000).expect("the stale spare's removal");
+        run_spare(&mut index, remove, 5_000);
+        assert!(spare_files(dir.path()).is_empty());
+        assert!(index.spares.is_empty());
+        assert_eq!(table_files(dir.path()), 2);
+
+        // The next bucket's table, made ahead, when that bucket passes without an insert.
+        let job = index.spare_job(5_990).expect("the next bucket's table");
+        run_spare(&mut index, job, 5_990);
+        assert_eq!(spare_files(dir.path()).len(), 1);
+        assert!(
+            index.spare_job(6_500).is_none(),
+            "still wanted in its bucket"
+        );
+        let remove = index.spare_job(7_000).expect("its bucket ended");
+        run_spare(&mut index, remove, 7_000);
+        assert!(spare_files(dir.path()).is_empty());
+        assert!(index.spares.is_empty());
+    }
+
+    #[test]
+    fn a_failed_spare_waits_before_the_next_and_inserts_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idx");
+        let mut index = IdempotencyIndex::open(&path, small()).unwrap();
+        for i in 0..32u64 {
+            index
+                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
+                .unwrap();
+        }
+        let job = index.spare_job(5_000).expect("a spare at 50 % load");
+        // The directory is gone when the job runs (a stand-in for a full disk).
+        fs::remove_dir_all(&path).unwrap();
+        let done = job.run();
+        assert!(index.finish_spare(done, 5_000).is_err());
+        assert!(index.spare_job(5_000 + SPARE_RETRY_MS - 1).is_none());
+        fs::create_dir_all(&path).unwrap();
+        let job = index
+            .spare_job(5_000 + SPARE_RETRY_MS)
+            .expect("retried after the wait");
+        run_spare(&mut index, job, 5_000 + SPARE_RETRY_MS);
+        assert_eq!(index.spares.len(), 1);
     }
 
     #[test]
@@ -1478,6 +1940,10 @@ mod tests {
         Tick(u64),
         Expire,
         CheckpointReopen,
+        /// Take the index's spare job, if any, and hold it (the shard's blocking pool).
+        SpareStart,
+        /// Run the held spare job and hand its result back.
+        SpareFinish,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1491,6 +1957,8 @@ mod tests {
             2 => prop_oneof![0..100u64, 0..2_500u64].prop_map(Op::Tick),
             1 => Just(Op::Expire),
             1 => Just(Op::CheckpointReopen),
+            2 => Just(Op::SpareStart),
+            2 => Just(Op::SpareFinish),
         ]
     }
 
@@ -1509,6 +1977,7 @@ mod tests {
             let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
             let mut now_ms = 10_000u64;
             let mut log: Vec<Inserted> = Vec::new();
+            let mut held: Option<SpareJob> = None;
             let visible = |log: &[Inserted], endpoint: u8, key: u8, now_ms: u64| {
                 let hits: Vec<Inserted> = log
                     .iter()
@@ -1551,9 +2020,22 @@ mod tests {
                             prop_assert!(start + WIDTH + TTL > now_ms);
                         }
                     }
+                    Op::SpareStart => {
+                        if held.is_none() {
+                            held = index.spare_job(now_ms);
+                        }
+                    }
+                    Op::SpareFinish => {
+                        if let Some(job) = held.take() {
+                            let done = job.run();
+                            index.finish_spare(done, now_ms).unwrap();
+                        }
+                    }
                     Op::CheckpointReopen => {
                         let through = log.len() as u64;
                         index.checkpoint(through).unwrap();
+                        // A shard never reopens its index while a job is out.
+                        held = None;
                         drop(index);
                         index = IdempotencyIndex::open(dir.path(), small()).unwrap();
                         prop_assert_eq!(index.indexed_through(), through);

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
-/// What step of [`create_durable`] failed, on which path.
+/// What step of [`create_durable`] or [`create_reserved`] failed, on which path.
 #[derive(Debug)]
 pub(crate) struct CreateError {
     pub op: &'static str,
@@ -16,35 +16,16 @@ pub(crate) struct CreateError {
     pub source: io::Error,
 }
 
-/// Creates `path` complete and durable: written under `tmp`, preallocated to `len` bytes with
-/// `header` at offset 0, fsynced, renamed into place, and the directory fsynced. A file with a
-/// bad header is therefore always damage, never a creation cut short by a crash. Returns the
-/// open file (read + write).
+/// Creates `path` complete and durable: written under `tmp` ([`create_reserved`]), renamed into
+/// place, and the directory fsynced. A file with a bad header is therefore always damage, never
+/// a creation cut short by a crash. Returns the open file (read + write).
 pub(crate) fn create_durable(
     tmp: &Path,
     path: &Path,
     len: u64,
     header: &[u8],
 ) -> Result<File, CreateError> {
-    let fail = |op, p: &Path| {
-        let p = p.to_path_buf();
-        move |source| CreateError {
-            op,
-            path: p,
-            source,
-        }
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)
-        .map_err(fail("create", tmp))?;
-    reserve(&file, len).map_err(fail("reserve", tmp))?;
-    file.write_all_at(header, 0)
-        .map_err(fail("write header", tmp))?;
-    file.sync_all().map_err(fail("fsync", tmp))?;
+    let file = create_reserved(tmp, len, header)?;
     std::fs::rename(tmp, path).map_err(fail("rename", path))?;
     let parent = path
         .parent()
@@ -54,6 +35,29 @@ pub(crate) fn create_durable(
         .and_then(|dir| dir.sync_all())
         .map_err(fail("fsync directory", parent))?;
     Ok(file)
+}
+
+/// Creates (or truncates) `path`, preallocated to `len` bytes with `header` at offset 0, and
+/// fsyncs it; the caller names it into place. Returns the open file (read + write).
+pub(crate) fn create_reserved(path: &Path, len: u64, header: &[u8]) -> Result<File, CreateError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(fail("create", path))?;
+    reserve(&file, len).map_err(fail("reserve", path))?;
+    file.write_all_at(header, 0)
+        .map_err(fail("write header", path))?;
+    file.sync_all().map_err(fail("fsync", path))?;
+    Ok(file)
+}
+
+/// Maps an `io::Error` of step `op` on `path` to a [`CreateError`].
+fn fail(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CreateError + use<> {
+    let path = path.to_path_buf();
+    move |source| CreateError { op, path, source }
 }
 
 /// Makes `file` at least `len` bytes, with real blocks reserved for the new part

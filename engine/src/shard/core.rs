@@ -311,6 +311,7 @@ impl ShardCore {
     /// them; one checkpoint at a time.
     fn maintain(self: &Rc<Self>, now: u64) {
         self.start_retention(now);
+        self.tend_spare(now);
         let expired = self.idem.borrow_mut().take_expired(now);
         if expired.buckets() > 0 {
             let shard = self.id;
@@ -332,6 +333,31 @@ impl ShardCore {
                 Err(e) => tracing::warn!(shard = core.id, error = %e, "checkpoint task failed"),
             }
             core.checkpointing.set(false);
+        });
+    }
+
+    /// Makes the idempotency index's next table ahead of need, or removes a spare it will not
+    /// take, on the blocking pool ([`IdempotencyIndex::spare_job`]): creating a table (a
+    /// fallocate of up to GiBs and two fsyncs) would otherwise stall this thread at the insert
+    /// that needs it. Called after every ingest and at each upkeep; one job at a time.
+    pub(crate) fn tend_spare(self: &Rc<Self>, now: u64) {
+        let Some(job) = self.idem.borrow_mut().spare_job(now) else {
+            return;
+        };
+        let core = self.clone();
+        tokio::task::spawn_local(async move {
+            let done = tokio::task::spawn_blocking(move || job.run())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(crate::idempotency::Error::Io {
+                        path: Default::default(),
+                        op: "spare table task",
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                });
+            if let Err(e) = core.idem.borrow_mut().finish_spare(done, now_ms()) {
+                tracing::warn!(shard = core.id, error = %e, "making a spare idempotency table failed; inserts make their own");
+            }
         });
     }
 

@@ -78,6 +78,7 @@ impl ShardCore {
                 req.received_at_ms,
             )
             .map_err(|e| refuse("idempotency index insert", &e))?;
+        self.tend_spare(req.received_at_ms);
         let slot = Slot {
             ingest_offset: offset,
             last_offset: offset,
