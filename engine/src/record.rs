@@ -23,9 +23,12 @@ const VERSION: u8 = 1;
 const VERSION_SEALED: u8 = 2;
 /// Version 1's layout with an XXH3 body hash: the `Ingested` records written now, in the clear.
 const VERSION_XXH3: u8 = 3;
-/// Version 2's layout with an XXH3 body hash and AES-256-GCM: the `Ingested` records written
-/// now, sealed.
+/// Version 2's layout with an XXH3 body hash and AES-256-GCM under one subkey per data key:
+/// written by the release before version 5 ([`Algorithms::Xxh3AesGcm`]).
 const VERSION_SEALED_AES: u8 = 4;
+/// Version 2's layout with an XXH3 body hash and AES-256-GCM under subkeys of bounded use
+/// ([`crate::seal::Aead::Aes256GcmSubkeys`]): the `Ingested` records written now, sealed.
+const VERSION_SEALED_AES_SUBKEYS: u8 = 5;
 /// Most headers one ingested record may carry (the API enforces its own, lower limit).
 pub const HEADERS_MAX: usize = 256;
 
@@ -76,8 +79,11 @@ impl Status {
 pub enum Algorithms {
     /// Versions 1 and 2, written by earlier releases: SHA-256 body hash, ChaCha20-Poly1305.
     Legacy,
-    /// Versions 3 and 4, written now: XXH3 body hash, AES-256-GCM (BENCHMARKS.md, "Cheaper
-    /// hashing and sealing").
+    /// Version 4, written by the release before: XXH3 body hash, AES-256-GCM under one subkey
+    /// of the data key (BENCHMARKS.md, "Cheaper hashing and sealing").
+    Xxh3AesGcm,
+    /// Versions 3 and 5, written now: XXH3 body hash, AES-256-GCM under subkeys that each seal
+    /// at most [`crate::seal::SUBKEY_SEALS_MAX`] payloads.
     Current,
 }
 
@@ -86,7 +92,7 @@ impl Algorithms {
     pub fn body_hash(self) -> crate::idempotency::BodyHash {
         match self {
             Algorithms::Legacy => crate::idempotency::BodyHash::Sha256Prefix,
-            Algorithms::Current => crate::idempotency::BodyHash::Xxh3,
+            Algorithms::Xxh3AesGcm | Algorithms::Current => crate::idempotency::BodyHash::Xxh3,
         }
     }
 
@@ -94,7 +100,8 @@ impl Algorithms {
     pub fn aead(self) -> crate::seal::Aead {
         match self {
             Algorithms::Legacy => crate::seal::Aead::ChaCha20Poly1305,
-            Algorithms::Current => crate::seal::Aead::Aes256Gcm,
+            Algorithms::Xxh3AesGcm => crate::seal::Aead::Aes256Gcm,
+            Algorithms::Current => crate::seal::Aead::Aes256GcmSubkeys,
         }
     }
 }
@@ -246,14 +253,14 @@ impl IngestedHead<'_> {
             + self.endpoint_id.len()
             + self.idempotency_key.len()
             + self.replay_of.map_or(0, str::len);
-        let sealed_len = crate::seal::SecretKey::sealed_len(payload.len());
+        let sealed_len = Algorithms::Current.aead().sealed_len(payload.len());
         let tail = match seal {
             Some(_) => 4 + 4 + sealed_len,
             None => payload.len(),
         };
         let mut b = BytesMut::with_capacity(1 + 8 + 8 + 8 + 5 * 4 + strings + tail);
         b.put_u8(if seal.is_some() {
-            VERSION_SEALED_AES
+            VERSION_SEALED_AES_SUBKEYS
         } else {
             VERSION_XXH3
         });
@@ -360,7 +367,8 @@ impl Ingested {
             VERSION => (false, Algorithms::Legacy),
             VERSION_SEALED => (true, Algorithms::Legacy),
             VERSION_XXH3 => (false, Algorithms::Current),
-            VERSION_SEALED_AES => (true, Algorithms::Current),
+            VERSION_SEALED_AES => (true, Algorithms::Xxh3AesGcm),
+            VERSION_SEALED_AES_SUBKEYS => (true, Algorithms::Current),
             _ => return Err(DecodeError("unknown payload version")),
         };
         let seq = get_u64(&mut p)?;
@@ -588,12 +596,14 @@ mod tests {
             algorithms: Algorithms::Current,
         };
         let enc = r.encode_sealed(4, &key);
+        assert_eq!(enc[0], VERSION_SEALED_AES_SUBKEYS);
         assert!(
             !enc.windows(14).any(|w| w == b"secret payload"),
             "payload must not be in the clear"
         );
         let mut d = Ingested::decode(enc).unwrap();
         assert!(d.is_sealed() && d.body.is_empty() && d.key_generation == 4);
+        assert_eq!(d.algorithms, Algorithms::Current);
         assert_eq!(
             (d.seq, d.endpoint_id.as_str(), d.idempotency_key.as_str()),
             (3, "ep_x", "k")
@@ -679,6 +689,41 @@ mod tests {
         );
         d.unseal(&key).unwrap();
         assert_eq!(&d.body[..], b"old secret");
+        assert_eq!(d.headers, vec![("a".to_string(), Bytes::from_static(b"b"))]);
+    }
+
+    /// A sealed record of the release before (version 4: AES-256-GCM under the data key's one
+    /// subkey, XXH3 body hash) still opens with its key.
+    #[test]
+    fn version_4_sealed_records_open_with_the_single_aes_subkey() {
+        let key = crate::seal::SecretKey::generate();
+        let payload = IngestPayload::encode([("a", &b"b"[..])], b"v4 secret");
+        let mut enc = BytesMut::new();
+        enc.put_u8(VERSION_SEALED_AES);
+        enc.put_u64_le(9);
+        for s in ["dl_v4", "tn_x", "ep_x"] {
+            put_str(&mut enc, s);
+        }
+        enc.put_u64_le(5);
+        put_str(&mut enc, "k");
+        enc.put_u64_le(payload.body_hash());
+        put_str(&mut enc, "");
+        enc.put_u32_le(3);
+        let mut sealed = BytesMut::new();
+        key.seal_append(
+            crate::seal::Aead::Aes256Gcm,
+            &mut sealed,
+            payload.as_bytes(),
+            b"dl_v4",
+        );
+        put_bytes(&mut enc, &sealed);
+        let mut d = Ingested::decode(enc.freeze()).unwrap();
+        assert_eq!(
+            (d.algorithms, d.key_generation, d.body_hash),
+            (Algorithms::Xxh3AesGcm, 3, payload.body_hash())
+        );
+        d.unseal(&key).unwrap();
+        assert_eq!(&d.body[..], b"v4 secret");
         assert_eq!(d.headers, vec![("a".to_string(), Bytes::from_static(b"b"))]);
     }
 

@@ -6,7 +6,10 @@
 //! sealed under its data key, so destroying the key (crypto-shredding) leaves nothing readable
 //! behind, without rewriting a single segment.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwapOption;
 
 use bytes::{BufMut, BytesMut};
 use ring::aead::{AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
@@ -22,6 +25,18 @@ pub const TAG_BYTES: usize = 16;
 /// HKDF-SHA256 `info` of the AES-256-GCM subkey: the payload cipher never uses a data key's
 /// bytes directly, so the same 32 bytes are never a key of two different algorithms.
 const AES_SUBKEY_INFO: &[u8] = b"hookrelay payload AES-256-GCM v1";
+/// HKDF-SHA256 `info` prefix of [`Aead::Aes256GcmSubkeys`]' subkeys; the subkey's id follows.
+const AES_SUBKEYS_INFO: &[u8] = b"hookrelay payload AES-256-GCM subkey v2";
+/// Bytes of the random id of an [`Aead::Aes256GcmSubkeys`] subkey, stored in front of the nonce.
+pub const SUBKEY_ID_BYTES: usize = 16;
+/// Payloads one [`Aead::Aes256GcmSubkeys`] subkey seals before the next seal draws a new one.
+///
+/// With random 96-bit nonces, q seals under one key repeat a nonce with probability about
+/// q² / 2^97; NIST SP 800-38D caps q at 2^32 per key. 2^28 keeps each subkey's chance below
+/// 2^-41, and a data key's subkeys are independent keys (128-bit random ids), so the volume one
+/// data key may seal has no practical bound: a tenant sustaining 60k req/s draws a new subkey
+/// about every 75 minutes, where one key used to reach NIST's cap in 20 hours.
+pub const SUBKEY_SEALS_MAX: u64 = 1 << 28;
 
 /// The AEADs a blob can be sealed with. Neither is written in the blob: its container says
 /// (a log record's version byte, for payloads).
@@ -30,11 +45,35 @@ pub enum Aead {
     /// ChaCha20-Poly1305 (RFC 8439) under the key itself: data keys under the master key, and
     /// the payloads of records written by earlier releases.
     ChaCha20Poly1305,
-    /// AES-256-GCM under a subkey derived from the key with HKDF-SHA256: payloads. Three times
-    /// as fast as ChaCha20-Poly1305 where the CPU has AES and carry-less multiply instructions
-    /// (x86-64 servers, ARMv8 with the crypto extension): 272 against 874 ns per 1.5 KB
-    /// payload on the project's machine (BENCHMARKS.md, "Cheaper hashing and sealing").
+    /// AES-256-GCM under one subkey derived from the key with HKDF-SHA256: the payloads of
+    /// records written by the release before [`Aead::Aes256GcmSubkeys`]. Three times as fast as
+    /// ChaCha20-Poly1305 where the CPU has AES and carry-less multiply instructions (x86-64
+    /// servers, ARMv8 with the crypto extension): 272 against 874 ns per 1.5 KB payload on the
+    /// project's machine (BENCHMARKS.md, "Cheaper hashing and sealing").
     Aes256Gcm,
+    /// AES-256-GCM under subkeys derived from the key with HKDF-SHA256 and a random 128-bit
+    /// id, stored in front of the blob: payloads written now. A subkey seals at most
+    /// [`SUBKEY_SEALS_MAX`] payloads, so no key ever nears the random-nonce volume limit.
+    /// Blob: `subkey id (16) || nonce (12) || ciphertext || tag (16)`.
+    Aes256GcmSubkeys,
+}
+
+impl Aead {
+    /// Bytes [`SecretKey::seal_append`] makes of `plaintext_len` bytes under this AEAD.
+    pub const fn sealed_len(self, plaintext_len: usize) -> usize {
+        let id = match self {
+            Aead::Aes256GcmSubkeys => SUBKEY_ID_BYTES,
+            Aead::ChaCha20Poly1305 | Aead::Aes256Gcm => 0,
+        };
+        id + NONCE_BYTES + plaintext_len + TAG_BYTES
+    }
+}
+
+/// One [`Aead::Aes256GcmSubkeys`] subkey, expanded, with how many seals it has made.
+struct Subkey {
+    id: [u8; SUBKEY_ID_BYTES],
+    key: LessSafeKey,
+    seals: AtomicU64,
 }
 
 /// A 256-bit key.
@@ -44,6 +83,12 @@ pub struct SecretKey {
     /// snapshot, which every request of a tenant shares, so the key schedule runs once per key
     /// rather than once per payload.
     aes: OnceLock<LessSafeKey>,
+    /// The [`Aead::Aes256GcmSubkeys`] subkey seals use now (shared by every shard sealing for
+    /// the tenant), replaced after [`SUBKEY_SEALS_MAX`] seals.
+    sealing: ArcSwapOption<Subkey>,
+    /// The subkey the last open derived: records are mostly read in the order they were
+    /// written, so consecutive opens share one.
+    opened: ArcSwapOption<Subkey>,
 }
 
 impl Clone for SecretKey {
@@ -76,6 +121,8 @@ impl SecretKey {
         SecretKey {
             bytes,
             aes: OnceLock::new(),
+            sealing: ArcSwapOption::empty(),
+            opened: ArcSwapOption::empty(),
         }
     }
 
@@ -99,6 +146,7 @@ impl SecretKey {
             Aead::ChaCha20Poly1305 => f(&LessSafeKey::new(
                 UnboundKey::new(&CHACHA20_POLY1305, &self.bytes).expect("a 32-byte ChaCha20 key"),
             )),
+            Aead::Aes256GcmSubkeys => unreachable!("subkeys are chosen per blob"),
             Aead::Aes256Gcm => f(self.aes.get_or_init(|| {
                 let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(&self.bytes);
                 let okm = prk
@@ -111,7 +159,54 @@ impl SecretKey {
 
     /// Bytes [`SecretKey::seal`] makes of `plaintext_len` bytes.
     pub const fn sealed_len(plaintext_len: usize) -> usize {
-        NONCE_BYTES + plaintext_len + TAG_BYTES
+        Aead::ChaCha20Poly1305.sealed_len(plaintext_len)
+    }
+
+    /// The [`Aead::Aes256GcmSubkeys`] subkey of `id`.
+    fn derive_subkey(&self, id: [u8; SUBKEY_ID_BYTES]) -> Subkey {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(&self.bytes);
+        let info = [AES_SUBKEYS_INFO, &id];
+        let okm = prk
+            .expand(&info, &AES_256_GCM)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        Subkey {
+            id,
+            key: LessSafeKey::new(UnboundKey::from(okm)),
+            seals: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `f` with the subkey for one more seal: the current one while it has made fewer
+    /// than `limit` seals, else a new one with a fresh random id. Two threads replacing it at
+    /// once each draw their own; either way no subkey seals more than `limit` plus one per
+    /// racing thread. The current subkey is borrowed, not cloned (no reference count touched).
+    fn with_sealing_subkey<R>(&self, limit: u64, f: impl FnOnce(&Subkey) -> R) -> R {
+        let current = self.sealing.load();
+        if let Some(subkey) = &*current
+            && subkey.seals.fetch_add(1, Ordering::Relaxed) < limit
+        {
+            return f(subkey);
+        }
+        drop(current);
+        let fresh = Arc::new(self.derive_subkey(rand::random()));
+        fresh.seals.store(1, Ordering::Relaxed);
+        self.sealing.store(Some(fresh.clone()));
+        f(&fresh)
+    }
+
+    /// The subkey of `id` for an open: the sealing one, the last one opened, or derived anew.
+    fn opening_subkey(&self, id: &[u8]) -> Arc<Subkey> {
+        for cached in [&self.sealing, &self.opened] {
+            if let Some(subkey) = cached.load_full()
+                && subkey.id[..] == *id
+            {
+                return subkey;
+            }
+        }
+        let id: [u8; SUBKEY_ID_BYTES] = id.try_into().expect("a subkey id");
+        let subkey = Arc::new(self.derive_subkey(id));
+        self.opened.store(Some(subkey.clone()));
+        subkey
     }
 
     /// `nonce || ciphertext || tag` of `plaintext`, bound to `context` (authenticated, not
@@ -129,27 +224,45 @@ impl SecretKey {
     /// into its log record).
     ///
     /// The nonce is random (96 bits, as RFC 8439 and NIST SP 800-38D define both AEADs). That
-    /// bounds how much one key may seal: SP 800-38D allows 2^32 random-nonce seals per key, and
-    /// a tenant's data key changes only on purge, so one tenant sustaining 60k req/s passes that
-    /// in about 20 hours. The chance of a repeated nonce is still small then (about q² / 2^97
-    /// after q seals: about 2^-15 after a year at that rate), and it is the same for both AEADs.
-    /// Re-keying the payload subkey by time or by count would lift the bound.
+    /// bounds how much one key may seal: SP 800-38D allows 2^32 random-nonce seals per key. A
+    /// tenant's data key changes only on purge, so [`Aead::Aes256GcmSubkeys`], which payloads
+    /// use, seals under subkeys of at most [`SUBKEY_SEALS_MAX`] seals each; the other two
+    /// AEADs seal under the key itself (data keys under the master key: a handful).
     pub fn seal_append(&self, aead: Aead, out: &mut BytesMut, plaintext: &[u8], context: &[u8]) {
-        let nonce: [u8; NONCE_BYTES] = rand::random();
-        out.reserve(Self::sealed_len(plaintext.len()));
-        out.put_slice(&nonce);
-        let start = out.len();
-        out.put_slice(plaintext);
-        let tag = self
-            .with_key(aead, |key| {
-                key.seal_in_place_separate_tag(
+        self.seal_append_limited(aead, out, plaintext, context, SUBKEY_SEALS_MAX);
+    }
+
+    /// [`SecretKey::seal_append`] with `limit` seals per subkey.
+    fn seal_append_limited(
+        &self,
+        aead: Aead,
+        out: &mut BytesMut,
+        plaintext: &[u8],
+        context: &[u8],
+        limit: u64,
+    ) {
+        out.reserve(aead.sealed_len(plaintext.len()));
+        let seal = |out: &mut BytesMut, key: &LessSafeKey| {
+            let nonce: [u8; NONCE_BYTES] = rand::random();
+            out.put_slice(&nonce);
+            let start = out.len();
+            out.put_slice(plaintext);
+            let tag = key
+                .seal_in_place_separate_tag(
                     Nonce::assume_unique_for_key(nonce),
                     Aad::from(context),
                     &mut out[start..],
                 )
-            })
-            .expect("sealing fails only past 64 GiB in one blob");
-        out.put_slice(tag.as_ref());
+                .expect("sealing fails only past 64 GiB in one blob");
+            out.put_slice(tag.as_ref());
+        };
+        match aead {
+            Aead::Aes256GcmSubkeys => self.with_sealing_subkey(limit, |subkey| {
+                out.put_slice(&subkey.id);
+                seal(out, &subkey.key);
+            }),
+            Aead::ChaCha20Poly1305 | Aead::Aes256Gcm => self.with_key(aead, |key| seal(out, key)),
+        }
     }
 
     /// Opens what [`SecretKey::seal`] made with the same `context`.
@@ -164,18 +277,28 @@ impl SecretKey {
         sealed: &[u8],
         context: &[u8],
     ) -> Result<Vec<u8>, OpenError> {
-        if sealed.len() < NONCE_BYTES + TAG_BYTES {
+        if sealed.len() < aead.sealed_len(0) {
             return Err(OpenError);
         }
+        let (subkey, sealed) = match aead {
+            Aead::Aes256GcmSubkeys => {
+                let (id, rest) = sealed.split_at(SUBKEY_ID_BYTES);
+                (Some(self.opening_subkey(id)), rest)
+            }
+            Aead::ChaCha20Poly1305 | Aead::Aes256Gcm => (None, sealed),
+        };
         let (nonce, ct) = sealed.split_at(NONCE_BYTES);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OpenError)?;
         let mut buf = ct.to_vec();
-        let plain_len = self
-            .with_key(aead, |key| {
-                key.open_in_place(nonce, Aad::from(context), &mut buf)
-                    .map(|plain| plain.len())
-            })
-            .map_err(|_| OpenError)?;
+        let open = |key: &LessSafeKey| {
+            key.open_in_place(nonce, Aad::from(context), &mut buf)
+                .map(|plain| plain.len())
+        };
+        let plain_len = match &subkey {
+            Some(subkey) => open(&subkey.key),
+            None => self.with_key(aead, open),
+        }
+        .map_err(|_| OpenError)?;
         buf.truncate(plain_len);
         Ok(buf)
     }
@@ -205,6 +328,26 @@ mod tests {
         }
 
         #[test]
+        fn subkeyed_aes_round_trips_and_refuses_other_keys_contexts_ciphers_and_damage(msg in proptest::collection::vec(any::<u8>(), 0..512), flip in 0usize..600) {
+            let key = SecretKey::generate();
+            let mut out = BytesMut::new();
+            key.seal_append(Aead::Aes256GcmSubkeys, &mut out, &msg, b"ctx");
+            let sealed = out.to_vec();
+            prop_assert_eq!(sealed.len(), Aead::Aes256GcmSubkeys.sealed_len(msg.len()));
+            prop_assert_eq!(key.open_with(Aead::Aes256GcmSubkeys, &sealed, b"ctx").unwrap(), msg.clone());
+            // A copy of the key has no cached subkey: it derives the same one from the id.
+            prop_assert_eq!(key.clone().open_with(Aead::Aes256GcmSubkeys, &sealed, b"ctx").unwrap(), msg);
+            prop_assert!(SecretKey::generate().open_with(Aead::Aes256GcmSubkeys, &sealed, b"ctx").is_err());
+            prop_assert!(key.open_with(Aead::Aes256GcmSubkeys, &sealed, b"other").is_err());
+            prop_assert!(key.open_with(Aead::Aes256Gcm, &sealed, b"ctx").is_err());
+            let mut damaged = sealed.clone();
+            let i = flip % damaged.len();
+            damaged[i] ^= 1;
+            prop_assert!(key.open_with(Aead::Aes256GcmSubkeys, &damaged, b"ctx").is_err());
+            prop_assert!(key.open_with(Aead::Aes256GcmSubkeys, &sealed[..sealed.len() - 1], b"ctx").is_err());
+        }
+
+        #[test]
         fn round_trips_and_refuses_other_keys_contexts_and_damage(msg in proptest::collection::vec(any::<u8>(), 0..512), flip in 0usize..600) {
             let key = SecretKey::generate();
             let sealed = key.seal(&msg, b"ctx");
@@ -216,6 +359,41 @@ mod tests {
             damaged[i] ^= 1;
             prop_assert!(key.open(&damaged, b"ctx").is_err());
         }
+    }
+
+    /// Each subkey seals at most its limit, then the next seal draws a new one; every blob
+    /// opens, with the sealing key (cached subkeys) and with a copy (derived ones), in any order.
+    #[test]
+    fn subkeys_are_replaced_after_their_limit_and_all_blobs_open() {
+        let key = SecretKey::generate();
+        let blobs: Vec<Vec<u8>> = (0..7u8)
+            .map(|i| {
+                let mut out = BytesMut::new();
+                key.seal_append_limited(Aead::Aes256GcmSubkeys, &mut out, &[i; 40], b"ctx", 3);
+                out.to_vec()
+            })
+            .collect();
+        let ids: Vec<&[u8]> = blobs.iter().map(|b| &b[..SUBKEY_ID_BYTES]).collect();
+        assert!(ids[0..3].iter().all(|id| *id == ids[0]));
+        assert!(ids[3..6].iter().all(|id| *id == ids[3]));
+        assert_ne!(ids[0], ids[3]);
+        assert_ne!(ids[6], ids[3]);
+        assert_ne!(ids[6], ids[0]);
+        let copy = key.clone();
+        for i in [6, 0, 3, 1, 5, 6, 2, 4] {
+            for k in [&key, &copy] {
+                assert_eq!(
+                    k.open_with(Aead::Aes256GcmSubkeys, &blobs[i], b"ctx")
+                        .unwrap(),
+                    vec![i as u8; 40]
+                );
+            }
+        }
+        // Nonces differ within a subkey.
+        assert_ne!(
+            blobs[0][SUBKEY_ID_BYTES..SUBKEY_ID_BYTES + NONCE_BYTES],
+            blobs[1][SUBKEY_ID_BYTES..SUBKEY_ID_BYTES + NONCE_BYTES]
+        );
     }
 
     /// RFC 8439 §2.8.2: the AEAD test vector, so the format stays the standard one whatever
@@ -257,6 +435,43 @@ mod tests {
     /// [`AES_SUBKEY_INFO`]: pinned here through a blob sealed with the subkey computed
     /// independently (the HMAC form of RFC 5869: PRK = HMAC(zeros, key), OKM = HMAC(PRK, info ||
     /// 0x01)), so records written today keep opening whatever implementation derives it.
+    /// The derivation of version-2 subkeys, pinned independently of ring: HKDF-SHA256 with an
+    /// empty salt, `info` = the v2 label followed by the blob's 16-byte id.
+    #[test]
+    fn subkeys_are_hkdf_sha256_of_the_data_key_and_their_id() {
+        use hmac::{Hmac, Mac};
+        let bytes = [7u8; KEY_BYTES];
+        let id = [9u8; SUBKEY_ID_BYTES];
+        let mut prk = Hmac::<sha2::Sha256>::new_from_slice(&[0u8; 32]).unwrap();
+        prk.update(&bytes);
+        let prk = prk.finalize().into_bytes();
+        let mut okm = Hmac::<sha2::Sha256>::new_from_slice(&prk).unwrap();
+        okm.update(AES_SUBKEYS_INFO);
+        okm.update(&id);
+        okm.update(&[1]);
+        let subkey = okm.finalize().into_bytes();
+        let direct = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &subkey).unwrap());
+        let nonce = [3u8; NONCE_BYTES];
+        let mut blob = b"payload".to_vec();
+        let tag = direct
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(b"ctx"),
+                &mut blob,
+            )
+            .unwrap();
+        blob.extend_from_slice(tag.as_ref());
+        let mut sealed = id.to_vec();
+        sealed.extend(nonce);
+        sealed.extend(blob);
+        let key = SecretKey::from_bytes(&bytes).unwrap();
+        assert_eq!(
+            key.open_with(Aead::Aes256GcmSubkeys, &sealed, b"ctx")
+                .unwrap(),
+            b"payload"
+        );
+    }
+
     #[test]
     fn the_aes_subkey_is_hkdf_sha256_of_the_data_key() {
         use hmac::{Hmac, Mac};
