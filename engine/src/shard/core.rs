@@ -311,7 +311,7 @@ impl ShardCore {
     /// them; one checkpoint at a time.
     fn maintain(self: &Rc<Self>, now: u64) {
         self.start_retention(now);
-        self.tend_spare(now);
+        self.tend_files(now);
         let expired = self.idem.borrow_mut().take_expired(now);
         if expired.buckets() > 0 {
             let shard = self.id;
@@ -336,11 +336,44 @@ impl ShardCore {
         });
     }
 
+    /// Grows the files an ingest writes ahead of need, on the blocking pool, so that the ingest
+    /// that needs the room only maps it (ARCHITECTURE.md invariant 6): the idempotency index's
+    /// next table ([`ShardCore::tend_spare`]) and the state table's next chunk
+    /// ([`StateTable::grow_job`]). Called after every ingest and at each upkeep; cheap when
+    /// there is nothing to do.
+    pub(crate) fn tend_files(self: &Rc<Self>, now: u64) {
+        self.tend_spare(now);
+        let Some(job) = self.table.borrow_mut().grow_job() else {
+            return;
+        };
+        let core = self.clone();
+        tokio::task::spawn_local(async move {
+            let done = tokio::task::spawn_blocking(move || job.run())
+                .await
+                .unwrap_or_else(|e| {
+                    Err(crate::state_table::Error::Io {
+                        path: Default::default(),
+                        op: "grow task",
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                });
+            let finished = core.table.borrow_mut().finish_grow(done);
+            match finished {
+                // The old mapping's resident pages are unmapped off this thread.
+                Ok(Some(old)) => drop(tokio::task::spawn_blocking(move || drop(old))),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(shard = core.id, error = %e, "growing the state table ahead failed; the next put grows it")
+                }
+            }
+        });
+    }
+
     /// Makes the idempotency index's next table ahead of need, or removes a spare it will not
     /// take, on the blocking pool ([`IdempotencyIndex::spare_job`]): creating a table (a
     /// fallocate of up to GiBs and two fsyncs) would otherwise stall this thread at the insert
-    /// that needs it. Called after every ingest and at each upkeep; one job at a time.
-    pub(crate) fn tend_spare(self: &Rc<Self>, now: u64) {
+    /// that needs it. One job at a time.
+    fn tend_spare(self: &Rc<Self>, now: u64) {
         let Some(job) = self.idem.borrow_mut().spare_job(now) else {
             return;
         };

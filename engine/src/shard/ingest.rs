@@ -78,7 +78,6 @@ impl ShardCore {
                 req.received_at_ms,
             )
             .map_err(|e| refuse("idempotency index insert", &e))?;
-        self.tend_spare(req.received_at_ms);
         let slot = Slot {
             ingest_offset: offset,
             last_offset: offset,
@@ -92,6 +91,7 @@ impl ShardCore {
             .borrow_mut()
             .put(seq, &slot)
             .map_err(|e| refuse("state table write", &e))?;
+        self.tend_files(req.received_at_ms);
         let appended = self
             .log
             .append_nowait(TYPE_INGESTED, encoded)
