@@ -76,23 +76,28 @@ async fn attempt(core: &Rc<ShardCore>, endpoint_id: &str, mut entry: Entry) {
     };
     let result = core.client.send(request).await;
     let outcome = classify(result.status, result.error.as_ref(), result.retry_after);
-    let now = now_ms();
+    // One reading of each clock: the record keeps the wall-clock due time, the timer the
+    // monotonic one. Deriving the timer from the wall-clock due time read the wall clock a
+    // second time, and a wall-clock jump between the two reads (the chaos suite's clock-skew
+    // caught one, 1 retry in 100) moved the retry by the size of the jump: 2 hours late.
+    let (now, mono_now) = (now_ms(), crate::clock::mono_ms());
     let policy = &endpoint.retry;
-    let (status_after, next_due_ms) = match outcome {
-        Outcome::Success => (Status::Success, 0),
+    let (status_after, retry_in_ms) = match outcome {
+        Outcome::Success => (Status::Success, None),
         Outcome::Failed if policy.retry_client_errors_once && n == 1 && n < policy.max_attempts => {
             (
                 Status::Queued,
-                now + policy.next_delay_ms(n, None, rand::random::<f64>()),
+                Some(policy.next_delay_ms(n, None, rand::random::<f64>())),
             )
         }
-        Outcome::Failed => (Status::Failed, 0),
-        Outcome::Retry { .. } if n >= policy.max_attempts => (Status::Exhausted, 0),
+        Outcome::Failed => (Status::Failed, None),
+        Outcome::Retry { .. } if n >= policy.max_attempts => (Status::Exhausted, None),
         Outcome::Retry { retry_after } => (
             Status::Queued,
-            now + policy.next_delay_ms(n, retry_after, rand::random::<f64>()),
+            Some(policy.next_delay_ms(n, retry_after, rand::random::<f64>())),
         ),
     };
+    let next_due_ms = retry_in_ms.map_or(0, |d| now + d);
     let error = (status_after != Status::Success)
         .then(|| error_class(result.status, result.error.as_ref()));
     let booked = Attempted {
@@ -109,7 +114,7 @@ async fn attempt(core: &Rc<ShardCore>, endpoint_id: &str, mut entry: Entry) {
     let done = match status_after {
         Status::Success => Done::Success,
         Status::Queued => Done::Retry {
-            due_ms: crate::clock::wall_to_mono(next_due_ms),
+            due_ms: mono_now + retry_in_ms.unwrap_or(0),
         },
         Status::Failed | Status::Exhausted => Done::Final {
             retryable_failure: matches!(outcome, Outcome::Retry { .. }),
