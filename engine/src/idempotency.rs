@@ -240,6 +240,18 @@ impl BodyHash {
     }
 }
 
+/// (endpoint, key) as the index stores it. An ingest hashes its key once
+/// ([`Fingerprint::of`]) for both its lookup and its insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint(u64);
+
+impl Fingerprint {
+    /// The fingerprint of (endpoint, key).
+    pub fn of(endpoint_id: &str, key: &str) -> Fingerprint {
+        Fingerprint(fingerprint(endpoint_id, key))
+    }
+}
+
 /// The 64-bit fingerprint of (endpoint, key); never 0, which marks an empty slot. The endpoint's
 /// length is hashed first so that ("ab", "c") and ("a", "bc") differ.
 fn fingerprint(endpoint_id: &str, key: &str) -> u64 {
@@ -782,7 +794,12 @@ impl IdempotencyIndex {
     /// If the same key was inserted with several offsets within the TTL, which one is returned is
     /// unspecified (the engine does not do that: a seen key is a duplicate or a reuse).
     pub fn lookup(&self, endpoint_id: &str, key: &str, now_ms: u64) -> Option<Hit> {
-        let fingerprint = fingerprint(endpoint_id, key);
+        self.lookup_fingerprint(Fingerprint::of(endpoint_id, key), now_ms)
+    }
+
+    /// [`lookup`](Self::lookup) by the key's [`Fingerprint`].
+    pub fn lookup_fingerprint(&self, key: Fingerprint, now_ms: u64) -> Option<Hit> {
+        let fingerprint = key.0;
         // The newest table is probed without its filter: a miss there is followed by the
         // insert of the same key, which reads the same slots, so its filter would only add a
         // cache line to every ingest.
@@ -826,7 +843,8 @@ impl IdempotencyIndex {
         offset: u64,
         at_ms: u64,
     ) -> Result<(), Error> {
-        self.insert_inner(endpoint_id, key, body_hash, offset, at_ms, true)
+        let key = Fingerprint::of(endpoint_id, key);
+        self.insert_inner(key, body_hash, offset, at_ms, true)
     }
 
     /// [`insert`](Self::insert) for a record being ingested now: its offset is new to the log,
@@ -842,13 +860,24 @@ impl IdempotencyIndex {
         offset: u64,
         at_ms: u64,
     ) -> Result<(), Error> {
-        self.insert_inner(endpoint_id, key, body_hash, offset, at_ms, false)
+        let key = Fingerprint::of(endpoint_id, key);
+        self.insert_inner(key, body_hash, offset, at_ms, false)
+    }
+
+    /// [`insert_new`](Self::insert_new) by the key's [`Fingerprint`].
+    pub fn insert_new_fingerprint(
+        &mut self,
+        key: Fingerprint,
+        body_hash: u64,
+        offset: u64,
+        at_ms: u64,
+    ) -> Result<(), Error> {
+        self.insert_inner(key, body_hash, offset, at_ms, false)
     }
 
     fn insert_inner(
         &mut self,
-        endpoint_id: &str,
-        key: &str,
+        key: Fingerprint,
         body_hash: u64,
         offset: u64,
         at_ms: u64,
@@ -860,7 +889,7 @@ impl IdempotencyIndex {
             return Ok(());
         }
         let entry = Entry {
-            fingerprint: fingerprint(endpoint_id, key),
+            fingerprint: key.0,
             body_hash,
             offset,
             at_rel_ms: u32::try_from(at_ms - start_ms).expect("bucket width fits u32"),

@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use crate::idempotency::Hit;
+use crate::idempotency::{Fingerprint, Hit};
 use crate::ids;
 use crate::record::{Ingested, IngestedHead, Status, TYPE_INGESTED};
 use crate::shard::core::{ShardCore, endpoint_tag};
@@ -26,10 +26,11 @@ impl ShardCore {
                 "this node is not the primary (fenced by a newer epoch)".into(),
             ));
         }
-        let hit =
-            self.idem
-                .borrow()
-                .lookup(&req.endpoint_id, &req.idempotency_key, req.received_at_ms);
+        let key = Fingerprint::of(&req.endpoint_id, &req.idempotency_key);
+        let hit = self
+            .idem
+            .borrow()
+            .lookup_fingerprint(key, req.received_at_ms);
         if let Some(hit) = hit
             && let Some(answer) = self.confirm_duplicate(&req, hit).await?
         {
@@ -70,13 +71,7 @@ impl ShardCore {
         };
         self.idem
             .borrow_mut()
-            .insert_new(
-                &req.endpoint_id,
-                &req.idempotency_key,
-                hash,
-                offset,
-                req.received_at_ms,
-            )
+            .insert_new_fingerprint(key, hash, offset, req.received_at_ms)
             .map_err(|e| refuse("idempotency index insert", &e))?;
         let slot = Slot {
             ingest_offset: offset,
