@@ -435,19 +435,18 @@ mod tests {
     /// [`AES_SUBKEY_INFO`]: pinned here through a blob sealed with the subkey computed
     /// independently (the HMAC form of RFC 5869: PRK = HMAC(zeros, key), OKM = HMAC(PRK, info ||
     /// 0x01)), so records written today keep opening whatever implementation derives it.
-    /// The derivation of version-2 subkeys, pinned independently of ring: HKDF-SHA256 with an
-    /// empty salt, `info` = the v2 label followed by the blob's 16-byte id.
-    #[test]
-    fn subkeys_are_hkdf_sha256_of_the_data_key_and_their_id() {
+    /// `prefix || nonce || ciphertext || tag` of `b"payload"` (context `b"ctx"`) under
+    /// HKDF-SHA256 of `key` with an empty salt and `info`, computed with RustCrypto's HMAC, not
+    /// ring: the derivations are pinned independently of the code under test.
+    fn sealed_under_hkdf(key: &[u8], info: &[&[u8]], prefix: &[u8]) -> Vec<u8> {
         use hmac::{Hmac, Mac};
-        let bytes = [7u8; KEY_BYTES];
-        let id = [9u8; SUBKEY_ID_BYTES];
         let mut prk = Hmac::<sha2::Sha256>::new_from_slice(&[0u8; 32]).unwrap();
-        prk.update(&bytes);
+        prk.update(key);
         let prk = prk.finalize().into_bytes();
         let mut okm = Hmac::<sha2::Sha256>::new_from_slice(&prk).unwrap();
-        okm.update(AES_SUBKEYS_INFO);
-        okm.update(&id);
+        for part in info {
+            okm.update(part);
+        }
         okm.update(&[1]);
         let subkey = okm.finalize().into_bytes();
         let direct = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &subkey).unwrap());
@@ -461,9 +460,18 @@ mod tests {
             )
             .unwrap();
         blob.extend_from_slice(tag.as_ref());
-        let mut sealed = id.to_vec();
+        let mut sealed = prefix.to_vec();
         sealed.extend(nonce);
         sealed.extend(blob);
+        sealed
+    }
+
+    /// Version-2 subkeys: `info` = the v2 label followed by the blob's 16-byte id.
+    #[test]
+    fn subkeys_are_hkdf_sha256_of_the_data_key_and_their_id() {
+        let bytes = [7u8; KEY_BYTES];
+        let id = [9u8; SUBKEY_ID_BYTES];
+        let sealed = sealed_under_hkdf(&bytes, &[AES_SUBKEYS_INFO, &id], &id);
         let key = SecretKey::from_bytes(&bytes).unwrap();
         assert_eq!(
             key.open_with(Aead::Aes256GcmSubkeys, &sealed, b"ctx")
@@ -472,30 +480,11 @@ mod tests {
         );
     }
 
+    /// The one subkey of version-4 records.
     #[test]
     fn the_aes_subkey_is_hkdf_sha256_of_the_data_key() {
-        use hmac::{Hmac, Mac};
         let bytes = [7u8; KEY_BYTES];
-        let mut prk = Hmac::<sha2::Sha256>::new_from_slice(&[0u8; 32]).unwrap();
-        prk.update(&bytes);
-        let prk = prk.finalize().into_bytes();
-        let mut okm = Hmac::<sha2::Sha256>::new_from_slice(&prk).unwrap();
-        okm.update(AES_SUBKEY_INFO);
-        okm.update(&[1]);
-        let subkey = okm.finalize().into_bytes();
-        let direct = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &subkey).unwrap());
-        let nonce = [3u8; NONCE_BYTES];
-        let mut blob = b"payload".to_vec();
-        let tag = direct
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(b"ctx"),
-                &mut blob,
-            )
-            .unwrap();
-        blob.extend_from_slice(tag.as_ref());
-        let mut sealed = nonce.to_vec();
-        sealed.extend(blob);
+        let sealed = sealed_under_hkdf(&bytes, &[AES_SUBKEY_INFO], &[]);
         let key = SecretKey::from_bytes(&bytes).unwrap();
         assert_eq!(
             key.open_with(Aead::Aes256Gcm, &sealed, b"ctx").unwrap(),

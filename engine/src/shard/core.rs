@@ -55,6 +55,20 @@ pub enum Exit {
     Demoted,
 }
 
+/// Runs `job` on the blocking pool; a job that panicked counts as the I/O error `failed` makes.
+async fn on_blocking_pool<T, E>(
+    job: impl FnOnce() -> Result<T, E> + Send + 'static,
+    failed: impl FnOnce(std::io::Error) -> E,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    tokio::task::spawn_blocking(job)
+        .await
+        .unwrap_or_else(|e| Err(failed(std::io::Error::other(e.to_string()))))
+}
+
 /// Logs the outcome of deleting expired idempotency buckets.
 fn log_expiry(shard: usize, done: Result<usize, crate::idempotency::Error>) {
     match done {
@@ -348,15 +362,15 @@ impl ShardCore {
         };
         let core = self.clone();
         tokio::task::spawn_local(async move {
-            let done = tokio::task::spawn_blocking(move || job.run())
-                .await
-                .unwrap_or_else(|e| {
-                    Err(crate::state_table::Error::Io {
-                        path: Default::default(),
-                        op: "grow task",
-                        source: std::io::Error::other(e.to_string()),
-                    })
-                });
+            let done = on_blocking_pool(
+                move || job.run(),
+                |source| crate::state_table::Error::Io {
+                    path: Default::default(),
+                    op: "grow task",
+                    source,
+                },
+            )
+            .await;
             let finished = core.table.borrow_mut().finish_grow(done);
             match finished {
                 // The old mapping's resident pages are unmapped off this thread.
@@ -379,15 +393,15 @@ impl ShardCore {
         };
         let core = self.clone();
         tokio::task::spawn_local(async move {
-            let done = tokio::task::spawn_blocking(move || job.run())
-                .await
-                .unwrap_or_else(|e| {
-                    Err(crate::idempotency::Error::Io {
-                        path: Default::default(),
-                        op: "spare table task",
-                        source: std::io::Error::other(e.to_string()),
-                    })
-                });
+            let done = on_blocking_pool(
+                move || job.run(),
+                |source| crate::idempotency::Error::Io {
+                    path: Default::default(),
+                    op: "spare table task",
+                    source,
+                },
+            )
+            .await;
             if let Err(e) = core.idem.borrow_mut().finish_spare(done, now_ms()) {
                 tracing::warn!(shard = core.id, error = %e, "making a spare idempotency table failed; inserts make their own");
             }
