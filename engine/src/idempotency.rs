@@ -316,6 +316,33 @@ enum Placed {
     NoRoom,
 }
 
+/// Which table a new file is (its bucket and generation, as its name says) and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TableSpec {
+    start_ms: u64,
+    width_ms: u64,
+    generation: u32,
+    capacity: u64,
+}
+
+impl TableSpec {
+    fn file_name(&self) -> String {
+        Table::file_name(self.start_ms, self.generation)
+    }
+
+    /// The file's length and header.
+    fn layout(&self) -> (u64, Vec<u8>) {
+        let capacity = self.capacity;
+        assert!(
+            capacity.is_power_of_two() && (MIN_TABLE_SLOTS..=MAX_TABLE_SLOTS).contains(&capacity)
+        );
+        (
+            Table::file_len(capacity, true),
+            Table::encode_header(capacity, self.start_ms, self.width_ms, self.generation),
+        )
+    }
+}
+
 /// One memory-mapped hash table file.
 #[derive(Debug)]
 struct Table {
@@ -362,44 +389,26 @@ impl Table {
 
     /// Creates the file complete and durable under a temporary name, then renames it, so that a
     /// table file with a bad header is always corruption, never a crash during creation.
-    fn create(
-        dir: &Path,
-        start_ms: u64,
-        width_ms: u64,
-        generation: u32,
-        capacity: u64,
-    ) -> Result<Self, Error> {
-        let path = dir.join(Self::file_name(start_ms, generation));
-        let tmp = dir.join(format!(
-            "{}{TMP_SUFFIX}",
-            Self::file_name(start_ms, generation)
-        ));
-        let (len, header) = Self::layout(capacity, start_ms, width_ms, generation);
+    fn create(dir: &Path, spec: TableSpec) -> Result<Self, Error> {
+        let path = dir.join(spec.file_name());
+        let tmp = dir.join(format!("{}{TMP_SUFFIX}", spec.file_name()));
+        let (len, header) = spec.layout();
         let file = crate::prealloc::create_durable(&tmp, &path, len, &header)
             .map_err(Error::from_create)?;
         Self::drop_header_page(&file);
-        Self::map(path, file, capacity, 0)
+        Self::map(path, file, spec.capacity, 0)
     }
 
     /// A table made ahead of need ([`SpareJob`]): complete and fsynced under its spare name,
     /// which the index renames to the table's own when it takes it.
-    fn create_spare(
-        dir: &Path,
-        start_ms: u64,
-        width_ms: u64,
-        generation: u32,
-        capacity: u64,
-    ) -> Result<Self, Error> {
-        let path = dir.join(format!(
-            "{}{SPARE_SUFFIX}",
-            Self::file_name(start_ms, generation)
-        ));
-        let (len, header) = Self::layout(capacity, start_ms, width_ms, generation);
+    fn create_spare(dir: &Path, spec: TableSpec) -> Result<Self, Error> {
+        let path = dir.join(format!("{}{SPARE_SUFFIX}", spec.file_name()));
+        let (len, header) = spec.layout();
         let made = crate::prealloc::create_reserved(&path, len, &header)
             .map_err(Error::from_create)
             .and_then(|file| {
                 Self::drop_header_page(&file);
-                Self::map(path.clone(), file, capacity, 0)
+                Self::map(path.clone(), file, spec.capacity, 0)
             });
         if made.is_err() {
             // Best effort: a file left behind is a temporary one, removed at the next open.
@@ -416,17 +425,6 @@ impl Table {
             0
         };
         TABLE_HEADER_BYTES as u64 + capacity * SLOT_BYTES as u64 + filter
-    }
-
-    /// A table file's length and header.
-    fn layout(capacity: u64, start_ms: u64, width_ms: u64, generation: u32) -> (u64, Vec<u8>) {
-        assert!(
-            capacity.is_power_of_two() && (MIN_TABLE_SLOTS..=MAX_TABLE_SLOTS).contains(&capacity)
-        );
-        (
-            Self::file_len(capacity, true),
-            Self::encode_header(capacity, start_ms, width_ms, generation),
-        )
     }
 
     /// The header's write left a 4 KiB page in the page cache, which would keep the mapping's
@@ -985,13 +983,13 @@ impl IdempotencyIndex {
             // Kept, to be removed: made below instead, the table no longer needs it.
             self.spares.push(spare);
         }
-        Table::create(
-            &self.dir,
+        let spec = TableSpec {
             start_ms,
-            self.options.bucket_width_ms,
+            width_ms: self.options.bucket_width_ms,
             generation,
             capacity,
-        )
+        };
+        Table::create(&self.dir, spec)
     }
 
     /// Work that keeps the next table made ahead of need, so that inserts only rename it into
@@ -1030,10 +1028,12 @@ impl IdempotencyIndex {
         self.spare_busy = true;
         Some(SpareJob(SpareTask::Create {
             dir: self.dir.clone(),
-            start_ms,
-            width_ms: self.options.bucket_width_ms,
-            generation,
-            capacity,
+            spec: TableSpec {
+                start_ms,
+                width_ms: self.options.bucket_width_ms,
+                generation,
+                capacity,
+            },
         }))
     }
 
@@ -1406,13 +1406,7 @@ pub struct SpareJob(SpareTask);
 
 #[derive(Debug)]
 enum SpareTask {
-    Create {
-        dir: PathBuf,
-        start_ms: u64,
-        width_ms: u64,
-        generation: u32,
-        capacity: u64,
-    },
+    Create { dir: PathBuf, spec: TableSpec },
     Remove(Spare),
 }
 
@@ -1421,16 +1415,10 @@ impl SpareJob {
     /// as removed). Blocks for as long as the file system takes.
     pub fn run(self) -> Result<Option<Spare>, Error> {
         match self.0 {
-            SpareTask::Create {
-                dir,
-                start_ms,
-                width_ms,
-                generation,
-                capacity,
-            } => Table::create_spare(&dir, start_ms, width_ms, generation, capacity).map(|table| {
+            SpareTask::Create { dir, spec } => Table::create_spare(&dir, spec).map(|table| {
                 Some(Spare {
-                    start_ms,
-                    generation,
+                    start_ms: spec.start_ms,
+                    generation: spec.generation,
                     table,
                 })
             }),
@@ -1594,6 +1582,15 @@ mod tests {
         names
     }
 
+    /// Inserts keys `k{i}` at `at_ms`, each with body hash and offset `i`.
+    fn fill(index: &mut IdempotencyIndex, keys: std::ops::Range<u64>, at_ms: u64) {
+        for i in keys {
+            index
+                .insert_new("ep", &format!("k{i}"), i, i, at_ms)
+                .unwrap();
+        }
+    }
+
     /// Runs a spare job and hands its result back, as the shard does on its blocking pool.
     fn run_spare(index: &mut IdempotencyIndex, job: SpareJob, now_ms: u64) {
         let done = job.run();
@@ -1605,11 +1602,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
         // 64 slots: the successor is wanted from 32 entries (50 %), chained at the 45th (70 %).
-        for i in 0..31u64 {
-            index
-                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
-                .unwrap();
-        }
+        fill(&mut index, 0..31, 5_000);
         assert!(index.spare_job(5_000).is_none(), "below 50 % load");
         index.insert_new("ep", "k31", 31, 31, 5_000).unwrap();
         let job = index.spare_job(5_000).expect("a spare at 50 % load");
@@ -1623,11 +1616,7 @@ mod tests {
         );
         assert_eq!(table_files(dir.path()), 1);
 
-        for i in 32..60u64 {
-            index
-                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
-                .unwrap();
-        }
+        fill(&mut index, 32..60, 5_000);
         let bucket = index.buckets.get(&5_000).unwrap();
         assert_eq!(bucket.tables.len(), 2);
         assert_eq!(bucket.tables[1].capacity, 128);
@@ -1653,11 +1642,7 @@ mod tests {
     fn the_next_buckets_first_table_is_made_ahead() {
         let dir = tempfile::tempdir().unwrap();
         let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
-        for i in 0..10u64 {
-            index
-                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
-                .unwrap();
-        }
+        fill(&mut index, 0..10, 5_000);
         // 1000 ms buckets: from 1000 / 24 = 41 ms before the next one starts.
         assert!(index.spare_job(5_958).is_none());
         let job = index.spare_job(5_959).expect("the next bucket's table");
@@ -1686,18 +1671,10 @@ mod tests {
     fn spares_not_taken_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
-        for i in 0..32u64 {
-            index
-                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
-                .unwrap();
-        }
+        fill(&mut index, 0..32, 5_000);
         // The job is slow: the table fills and makes its successor itself first.
         let late = index.spare_job(5_000).expect("a spare at 50 % load");
-        for i in 32..50u64 {
-            index
-                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
-                .unwrap();
-        }
+        fill(&mut index, 32..50, 5_000);
         assert_eq!(index.buckets.get(&5_000).unwrap().tables.len(), 2);
         run_spare(&mut index, late, 5_000);
         assert_eq!(spare_files(dir.path()).len(), 1);
@@ -1726,11 +1703,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idx");
         let mut index = IdempotencyIndex::open(&path, small()).unwrap();
-        for i in 0..32u64 {
-            index
-                .insert_new("ep", &format!("k{i}"), i, i, 5_000)
-                .unwrap();
-        }
+        fill(&mut index, 0..32, 5_000);
         let job = index.spare_job(5_000).expect("a spare at 50 % load");
         // The directory is gone when the job runs (a stand-in for a full disk).
         fs::remove_dir_all(&path).unwrap();
@@ -2044,18 +2017,10 @@ mod tests {
         let checkpointed_filter;
         {
             let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
-            for i in 0..10u64 {
-                index
-                    .insert_new("ep", &format!("k{i}"), i, i, 5_000)
-                    .unwrap();
-            }
+            fill(&mut index, 0..10, 5_000);
             index.checkpoint(10).unwrap();
             checkpointed_filter = fs::read(&path).unwrap()[filter_at as usize..].to_vec();
-            for i in 10..30u64 {
-                index
-                    .insert_new("ep", &format!("k{i}"), i, i, 5_000)
-                    .unwrap();
-            }
+            fill(&mut index, 10..30, 5_000);
             // A newer bucket: the newest table is probed without its filter.
             index.insert_new("ep", "next", 30, 30, 6_000).unwrap();
         }
