@@ -2266,5 +2266,87 @@ mod tests {
                 }
             }
         }
+
+        /// Growth under load: batches of new keys chain tables and cross buckets while spare
+        /// jobs are taken, held and finished in any order, and the index is reopened after a
+        /// checkpoint or after a crash (then the log is replayed from `indexed_through`).
+        /// Every live key is found with its offset, absent keys are not (filters never hide
+        /// an entry), and no spare file outlives what the index knows of.
+        #[test]
+        fn prop_growth_with_spares_and_crashes_keeps_every_key(
+            ops in proptest::collection::vec(growth_op(), 1..60),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+            let mut now_ms = 10_000u64;
+            let mut log: Vec<u64> = Vec::new(); // at_ms by offset (= key id)
+            let mut held: Option<SpareJob> = None;
+            let key = |id: u64| format!("g{id}");
+            for op in ops {
+                match op {
+                    GrowthOp::Insert(n) => {
+                        for _ in 0..n {
+                            let id = log.len() as u64;
+                            index.insert_new("ep", &key(id), id, id, now_ms).unwrap();
+                            log.push(now_ms);
+                            if held.is_none() {
+                                held = index.spare_job(now_ms);
+                            }
+                        }
+                    }
+                    GrowthOp::Tick(ms) => now_ms += ms,
+                    GrowthOp::SpareFinish => {
+                        if let Some(job) = held.take() {
+                            let done = job.run();
+                            index.finish_spare(done, now_ms).unwrap();
+                        }
+                    }
+                    GrowthOp::Reopen { crash } => {
+                        if !crash {
+                            index.checkpoint(log.len() as u64).unwrap();
+                        }
+                        held = None;
+                        drop(index);
+                        index = IdempotencyIndex::open(dir.path(), small()).unwrap();
+                        prop_assert!(spare_files(dir.path()).is_empty());
+                        for id in index.indexed_through()..log.len() as u64 {
+                            index.insert("ep", &key(id), id, id, log[id as usize]).unwrap();
+                        }
+                    }
+                }
+                let on_disk = spare_files(dir.path()).len();
+                prop_assert!(on_disk <= index.spares.len() + 1, "{on_disk} spare files");
+            }
+            for (id, &at_ms) in log.iter().enumerate() {
+                let found = index.lookup("ep", &key(id as u64), now_ms).map(|h| h.offset);
+                let live = now_ms.saturating_sub(at_ms) < TTL;
+                prop_assert_eq!(found, live.then_some(id as u64), "key {}", id);
+            }
+            for id in log.len() as u64..log.len() as u64 + 50 {
+                prop_assert_eq!(index.lookup("ep", &key(id), now_ms), None);
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum GrowthOp {
+        /// Insert this many new keys at the current time, taking a spare job when one is due.
+        Insert(u64),
+        Tick(u64),
+        /// Run the held spare job and hand its result back.
+        SpareFinish,
+        /// Reopen after a checkpoint, or after a crash (no checkpoint; the log is replayed).
+        Reopen {
+            crash: bool,
+        },
+    }
+
+    fn growth_op() -> impl Strategy<Value = GrowthOp> {
+        prop_oneof![
+            5 => (1..40u64).prop_map(GrowthOp::Insert),
+            3 => prop_oneof![0..200u64, 900..1_000u64].prop_map(GrowthOp::Tick),
+            3 => Just(GrowthOp::SpareFinish),
+            1 => any::<bool>().prop_map(|crash| GrowthOp::Reopen { crash }),
+        ]
     }
 }
