@@ -268,36 +268,7 @@ fn send_signal(child: &Child, signal: libc::c_int) {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1, picked below the kernel's ephemeral range
-/// (`net.ipv4.ip_local_port_range`) when there is room. A port from `bind(:0)` comes from that
-/// range, so any outgoing connection made before the server binds it can take it as its source
-/// port (CI's chaos failover once failed at start-up with "Address already in use"); below the
-/// range only another explicit bind can. The bench, the chaos suite and the end-to-end tests
-/// share no crate, so each has this helper.
-pub fn free_port() -> std::io::Result<u16> {
-    use std::hash::{BuildHasher, Hasher};
-    const FLOOR: u16 = 10_000;
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(0);
-    if low > FLOOR + 1_000 {
-        // RandomState's keys are random: a different start for every call.
-        let start = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let span = u64::from(low - FLOOR);
-        for i in 0..64u64 {
-            let port = FLOOR + (start.wrapping_add(i.wrapping_mul(7_919)) % span) as u16;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return Ok(port);
-            }
-        }
-    }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+pub use hookrelay_harness::free_port;
 
 /// `truncated_bytes` of every "log opened" line of the log crate, by log directory.
 pub fn recovery_cuts(stderr: &str) -> Vec<(String, u64)> {

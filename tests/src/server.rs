@@ -379,35 +379,9 @@ fn signal(child: &Child, signal: libc::c_int) {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1, picked below the kernel's ephemeral range
-/// (`net.ipv4.ip_local_port_range`) when there is room. A port from `bind(:0)` comes from that
-/// range, so any outgoing connection made before the server binds it (tests run in parallel)
-/// can take it as its source port; below the range only another explicit bind can. The same
-/// helper as the bench's and the chaos suite's, which share no crate with these tests.
+/// A free loopback port ([`hookrelay_harness::free_port`]); panics when none can be had.
 pub fn free_port() -> u16 {
-    use std::hash::{BuildHasher, Hasher};
-    const FLOOR: u16 = 10_000;
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(0);
-    if low > FLOOR + 1_000 {
-        // RandomState's keys are random: a different start for every call.
-        let start = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let span = u64::from(low - FLOOR);
-        for i in 0..64u64 {
-            let port = FLOOR + (start.wrapping_add(i.wrapping_mul(7_919)) % span) as u16;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return port;
-            }
-        }
-    }
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0 to find a free port")
+    hookrelay_harness::free_port().expect("binding 127.0.0.1 to find a free port")
 }
 
 fn tail(text: &str, lines: usize) -> String {
