@@ -22,6 +22,11 @@
 //!   The sender sees one keep-alive connection throughout.
 //! - When the other shard's inbox is full, the connection is served again where it is.
 //!
+//! The same sampler measures how late each shard's timer fires (`hookrelay_shard_lag_seconds`):
+//! the time a shard could not poll its tasks, whether it was in a blocking call, a page fault
+//! that read the disk, or waiting for a CPU. A stall of the ACK tail shows there when it is the
+//! shard's, and in `hookrelay_log_commit_seconds` when it is the disk's.
+//!
 //! A sender that pipelines (sends its next request before the answer to the last one came
 //! back) leaves bytes in the socket or in hyper's buffer, so its connection is not moved at
 //! that point.
@@ -44,6 +49,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hookrelay_engine::metrics::histogram::{LAG_BOUNDS_US, PromHistogram};
+use hookrelay_engine::metrics::prometheus::histogram;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -95,6 +102,10 @@ pub struct Balancer {
     busy: Box<[AtomicU32]>,
     /// Connections each shard handed to another.
     moved_out: Box<[AtomicU64]>,
+    /// How late every shard's sampling timer fired: counts per [`LAG_BOUNDS_US`] bucket (and
+    /// the overflow), and their sum in µs.
+    lag_counts: Box<[AtomicU64]>,
+    lag_sum_us: AtomicU64,
     inboxes: Box<[mpsc::Sender<Moved>]>,
     receivers: Mutex<Vec<Option<mpsc::Receiver<Moved>>>>,
 }
@@ -112,6 +123,10 @@ impl Balancer {
             policy,
             busy: (0..shards).map(|_| AtomicU32::new(0)).collect(),
             moved_out: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            lag_counts: (0..=LAG_BOUNDS_US.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            lag_sum_us: AtomicU64::new(0),
             inboxes: inboxes.into(),
             receivers: Mutex::new(receivers),
         })
@@ -122,8 +137,29 @@ impl Balancer {
         self.receivers.lock().ok()?.get_mut(shard)?.take()
     }
 
+    /// Counts one sampling tick that fired `lag` after it was due.
+    fn record_lag(&self, lag: Duration) {
+        let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        let i = LAG_BOUNDS_US.partition_point(|b| *b < us);
+        self.lag_counts[i].fetch_add(1, Ordering::Relaxed);
+        self.lag_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
     /// Appends the balancer's series to a Prometheus exposition.
     pub fn render_prometheus(&self, out: &mut String) {
+        let mut lag = PromHistogram::new(LAG_BOUNDS_US);
+        let counts: Vec<u64> = self
+            .lag_counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        lag.add_counts(&counts, self.lag_sum_us.load(Ordering::Relaxed));
+        histogram(
+            out,
+            "hookrelay_shard_lag_seconds",
+            "How late each shard's thread ran its 100 ms timer: time it could not poll its tasks (a blocking call, a page fault that read the disk, waiting for a CPU). One count per shard per 100 ms.",
+            &lag,
+        );
         out.push_str(
             "# HELP hookrelay_shard_busy_ratio Share of its core each shard's thread used \
              lately (smoothed over 100 ms samples).\n# TYPE hookrelay_shard_busy_ratio gauge\n",
@@ -200,8 +236,10 @@ impl ShardBalance {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut wall, mut cpu) = (Instant::now(), thread_cpu_time());
         loop {
-            ticks.tick().await;
+            let due = ticks.tick().await;
             let (now, used) = (Instant::now(), thread_cpu_time());
+            self.shared
+                .record_lag(now.saturating_duration_since(due.into_std()));
             let elapsed = now.duration_since(wall).as_nanos().max(1);
             let share = (used.saturating_sub(cpu).as_nanos() * 1000 / elapsed).min(1000) as u32;
             (wall, cpu) = (now, used);

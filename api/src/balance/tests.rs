@@ -77,6 +77,28 @@ fn the_exposition_has_each_shards_figures() {
     );
 }
 
+#[test]
+fn late_ticks_land_in_the_lag_histogram() {
+    let shared = Balancer::new(2, policy());
+    shared.record_lag(Duration::from_micros(300));
+    shared.record_lag(Duration::from_millis(3));
+    shared.record_lag(Duration::from_millis(300));
+    shared.record_lag(Duration::from_secs(5));
+    let mut out = String::new();
+    shared.render_prometheus(&mut out);
+    for line in [
+        "hookrelay_shard_lag_seconds_bucket{le=\"0.001\"} 1\n",
+        "hookrelay_shard_lag_seconds_bucket{le=\"0.005\"} 2\n",
+        "hookrelay_shard_lag_seconds_bucket{le=\"0.25\"} 2\n",
+        "hookrelay_shard_lag_seconds_bucket{le=\"1\"} 3\n",
+        "hookrelay_shard_lag_seconds_bucket{le=\"+Inf\"} 4\n",
+        "hookrelay_shard_lag_seconds_count 4\n",
+        "hookrelay_shard_lag_seconds_sum 5.3033\n",
+    ] {
+        assert!(out.contains(line), "no {line:?} in {out}");
+    }
+}
+
 /// Which answers of a connection ask to move it.
 #[derive(Clone, Copy, PartialEq)]
 enum Asks {

@@ -199,6 +199,12 @@ pub const INGEST_BOUNDS_US: &[u64] = &[
     2_500_000, 10_000_000,
 ];
 
+/// `le` bounds of `hookrelay_shard_lag_seconds`: 1 ms to 1 s (a shard thread that cannot poll
+/// its tasks for a second is stalled, whatever the cause).
+pub const LAG_BOUNDS_US: &[u64] = &[
+    1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
 impl PromHistogram {
     pub fn new(bounds_us: &'static [u64]) -> PromHistogram {
         debug_assert!(bounds_us.windows(2).all(|w| w[0] < w[1]));

@@ -211,7 +211,8 @@ fn gauge(out: &mut String, name: &str, help: &str, value: &str) {
     let _ = writeln!(out, "{name} {value}");
 }
 
-fn histogram(out: &mut String, name: &str, help: &str, h: &PromHistogram) {
+/// Writes `h` as a Prometheus histogram (`_bucket` per `le`, `_sum` in seconds, `_count`).
+pub fn histogram(out: &mut String, name: &str, help: &str, h: &PromHistogram) {
     head(out, name, "histogram", help);
     for (le, n) in h.cumulative() {
         let le = le.map_or_else(|| "+Inf".to_string(), |s| s.to_string());
