@@ -26,3 +26,4 @@ pub mod signing;
 pub mod state_table;
 pub mod verify;
 pub mod wheel;
+pub mod writeback;
