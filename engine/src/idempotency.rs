@@ -1317,14 +1317,13 @@ pub struct CheckpointFailed {
 }
 
 impl CheckpointJob {
-    /// fdatasyncs the tables written since the last checkpoint, paced so that their writeback
-    /// never queues much in front of a log commit ([`crate::writeback::sync_paced`]), and the
-    /// directory, when a table was renamed into place; then writes and fsyncs the meta file
-    /// with the job's offset. A table deleted meanwhile (its bucket expired) needs no flush. Blocks for as
+    /// fdatasyncs the tables written since the last checkpoint (and the directory, when a
+    /// table was renamed into place), then writes and fsyncs the meta file with the job's
+    /// offset. A table deleted meanwhile (its bucket expired) needs no flush. Blocks for as
     /// long as the dirty pages take.
     pub fn run(self) -> Result<u64, CheckpointFailed> {
         let result = self.tables.iter().try_for_each(|path| {
-            match File::open(path).and_then(|f| crate::writeback::sync_paced(&f)) {
+            match File::open(path).and_then(|f| f.sync_data()) {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 other => other.map_err(|source| Error::Io {
                     path: path.clone(),

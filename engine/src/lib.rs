@@ -26,4 +26,3 @@ pub mod signing;
 pub mod state_table;
 pub mod verify;
 pub mod wheel;
-pub mod writeback;

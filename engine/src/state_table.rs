@@ -322,13 +322,12 @@ impl StateTable {
 
     /// [`StateTable::flush`] as a closure for another thread: an fdatasync of the table's file,
     /// which writes the pages dirtied through the mapping too (on Linux `msync(MS_SYNC)` is an
-    /// fsync of the file's range), paced ([`crate::writeback::sync_paced`]). The shard runs it
-    /// on the blocking pool.
+    /// fsync of the file's range). The shard runs it on the blocking pool.
     pub fn flush_job(&self) -> impl FnOnce() -> Result<(), Error> + Send + use<> {
         let path = self.path.clone();
         move || {
             std::fs::File::open(&path)
-                .and_then(|f| crate::writeback::sync_paced(&f))
+                .and_then(|f| f.sync_data())
                 .map_err(|source| Error::Io {
                     path,
                     op: "fdatasync",

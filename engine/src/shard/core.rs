@@ -18,14 +18,9 @@ use crate::state_table::StateTable;
 const DISPATCH_BATCH_MAX: usize = 1024;
 /// Longest the event loop sleeps without looking at the clock (clock jumps, refills).
 const IDLE_TICK: Duration = Duration::from_millis(500);
-/// How often the shard drops expired idempotency buckets and starts a retention pass.
+/// How often the shard checkpoints its idempotency index, flushes its state table and drops
+/// expired idempotency buckets. The flushes run on the blocking pool (see `maintain`).
 const MAINTENANCE_EVERY_MS: u64 = 60_000;
-/// How often the shard checkpoints its idempotency index and flushes its state table, on the
-/// blocking pool (see `checkpoint`). Shorter than the kernel's `vm.dirty_expire_centisecs`
-/// (30 s by default): the checkpoint's paced writeback leaves the tables clean before their
-/// pages are old enough for the kernel's flusher, whose unpaced burst (tens of MiB) would
-/// queue in front of the log's commits (`crate::writeback`).
-const CHECKPOINT_EVERY_MS: u64 = 20_000;
 /// How often the shard gives back the resident pages of its memory maps (log, state table,
 /// index). Resident memory then holds at most this long's worth of touched pages, whatever the
 /// history; refaulting the hot pages costs a few milliseconds per interval.
@@ -224,7 +219,6 @@ impl ShardCore {
         let mut out = Vec::new();
         let mut orphans = Vec::new();
         let mut maintained_ms = mono_ms();
-        let mut checkpointed_ms = maintained_ms;
         let mut released_ms = mono_ms();
         loop {
             if *shutdown.borrow() {
@@ -246,10 +240,6 @@ impl ShardCore {
             if mono.saturating_sub(maintained_ms) >= MAINTENANCE_EVERY_MS {
                 maintained_ms = mono;
                 self.maintain(now);
-            }
-            if mono.saturating_sub(checkpointed_ms) >= CHECKPOINT_EVERY_MS {
-                checkpointed_ms = mono;
-                self.checkpoint();
             }
             if mono.saturating_sub(released_ms) >= RELEASE_MEMORY_EVERY_MS {
                 released_ms = mono;
@@ -328,8 +318,11 @@ impl ShardCore {
         tracing::info!(shard = self.id, "shard stopped");
     }
 
-    /// Periodic upkeep: expired day buckets are deleted whole, and a retention pass deletes
-    /// expired log segments (on its own task).
+    /// Periodic upkeep: a recovery after a crash replays the idempotency index only from the
+    /// last checkpoint, and expired day buckets are deleted whole; a retention pass deletes
+    /// expired log segments (on its own task). The checkpoint's flushes (tens of MiB of dirty
+    /// index slots after a busy minute) run on the blocking pool, so ingest never waits for
+    /// them; one checkpoint at a time.
     fn maintain(self: &Rc<Self>, now: u64) {
         self.start_retention(now);
         self.tend_files(now);
@@ -338,13 +331,6 @@ impl ShardCore {
             let shard = self.id;
             tokio::task::spawn_blocking(move || log_expiry(shard, expired.remove()));
         }
-    }
-
-    /// A checkpoint: a recovery after a crash replays the idempotency index only from the last
-    /// one. Its flushes (tens of MiB of dirty index slots after a busy interval) run on the
-    /// blocking pool, so ingest never waits for them, and paced, so the log's commits never
-    /// queue behind them; one checkpoint at a time.
-    fn checkpoint(self: &Rc<Self>) {
         if self.checkpointing.replace(true) {
             return;
         }
@@ -422,8 +408,7 @@ impl ShardCore {
         });
     }
 
-    /// [`ShardCore::maintain`] and [`ShardCore::checkpoint`] on this thread, waiting for the
-    /// flushes: at shutdown.
+    /// [`ShardCore::maintain`] on this thread, waiting for the flushes: at shutdown.
     fn maintain_blocking(self: &Rc<Self>, now: u64) {
         log_expiry(self.id, self.idem.borrow_mut().expire(now));
         self.checkpoint_blocking(self.log.durable_offset());
