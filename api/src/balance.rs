@@ -44,7 +44,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -102,10 +102,8 @@ pub struct Balancer {
     busy: Box<[AtomicU32]>,
     /// Connections each shard handed to another.
     moved_out: Box<[AtomicU64]>,
-    /// How late every shard's sampling timer fired: counts per [`LAG_BOUNDS_US`] bucket (and
-    /// the overflow), and their sum in µs.
-    lag_counts: Box<[AtomicU64]>,
-    lag_sum_us: AtomicU64,
+    /// How late every shard's sampling timer fired (each shard adds ten values a second).
+    lag: Mutex<PromHistogram>,
     inboxes: Box<[mpsc::Sender<Moved>]>,
     receivers: Mutex<Vec<Option<mpsc::Receiver<Moved>>>>,
 }
@@ -123,10 +121,7 @@ impl Balancer {
             policy,
             busy: (0..shards).map(|_| AtomicU32::new(0)).collect(),
             moved_out: (0..shards).map(|_| AtomicU64::new(0)).collect(),
-            lag_counts: (0..=LAG_BOUNDS_US.len())
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            lag_sum_us: AtomicU64::new(0),
+            lag: Mutex::new(PromHistogram::new(LAG_BOUNDS_US)),
             inboxes: inboxes.into(),
             receivers: Mutex::new(receivers),
         })
@@ -140,20 +135,19 @@ impl Balancer {
     /// Counts one sampling tick that fired `lag` after it was due.
     fn record_lag(&self, lag: Duration) {
         let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
-        let i = LAG_BOUNDS_US.partition_point(|b| *b < us);
-        self.lag_counts[i].fetch_add(1, Ordering::Relaxed);
-        self.lag_sum_us.fetch_add(us, Ordering::Relaxed);
+        self.lag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record_us(us);
     }
 
     /// Appends the balancer's series to a Prometheus exposition.
     pub fn render_prometheus(&self, out: &mut String) {
-        let mut lag = PromHistogram::new(LAG_BOUNDS_US);
-        let counts: Vec<u64> = self
-            .lag_counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        lag.add_counts(&counts, self.lag_sum_us.load(Ordering::Relaxed));
+        let lag = self
+            .lag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         histogram(
             out,
             "hookrelay_shard_lag_seconds",

@@ -290,12 +290,9 @@ impl<B: 'static> Drop for InFlight<'_, B> {
     }
 }
 
-/// An `fdatasync` of `fd` tagged `user_data`.
+/// An `fdatasync` of the whole of `fd` tagged `user_data`.
 fn fdatasync(fd: RawFd, user_data: u64) -> squeue::Entry {
-    opcode::Fsync::new(types::Fd(fd))
-        .flags(types::FsyncFlags::DATASYNC)
-        .build()
-        .user_data(user_data)
+    fdatasync_range(fd, 0, 0, user_data)
 }
 
 /// An `fdatasync` of `len` bytes of `fd` from `pos` (the file's metadata as a whole, as any
