@@ -408,7 +408,8 @@ impl Table {
             .map_err(Error::from_create)
             .and_then(|file| {
                 Self::drop_header_page(&file);
-                Self::warm(&file);
+                // In the 2 MiB folios the newest table maps (`Table::set_hot`).
+                crate::prealloc::warm(&file, 0, true);
                 Self::map(path.clone(), file, spec.capacity, 0)
             });
         if made.is_err() {
@@ -441,27 +442,6 @@ impl Table {
                 libc::POSIX_FADV_DONTNEED,
             )
         };
-    }
-
-    /// Brings a new table's pages into the page cache, in the 2 MiB folios the newest table
-    /// maps (see [`Table::set_hot`]), through a mapping of its own that is dropped at once:
-    /// they are not this process's resident memory until the table is used.
-    ///
-    /// For spares, on the blocking pool. Left to the first inserts, the page cache's zeroed
-    /// folios were made on the owning shard's thread, and first-touch memory is slow on a
-    /// virtual machine (~2 ms per MiB here, host faults): the owner stopped for 90–150 ms,
-    /// all of it in `memset`, when it moved to a new table at max-ingest (BENCHMARKS.md,
-    /// "Eighteenth session"). The pages stay clean: nothing more is written, and the kernel
-    /// may reclaim them before the table is taken. Advice only: where the kernel cannot
-    /// populate (before Linux 5.14), the first inserts fault the pages in as before.
-    fn warm(file: &File) {
-        // SAFETY: a read-only mapping of a file that nothing truncates while the spare is
-        // being made; no slice into it is created, and it is dropped before returning.
-        let Ok(map) = (unsafe { memmap2::Mmap::map(file) }) else {
-            return;
-        };
-        let _ = map.advise(memmap2::Advice::HugePage);
-        let _ = map.advise(memmap2::Advice::PopulateRead);
     }
 
     /// Opens an existing table file and checks its header against its name.
@@ -1620,7 +1600,7 @@ mod tests {
     }
 
     /// A spare's pages are in the page cache before any insert touches them
-    /// ([`Table::warm`]): the shard that takes it only maps them.
+    /// ([`crate::prealloc::warm`]): the shard that takes it only maps them.
     #[test]
     fn a_spare_is_made_with_its_pages_in_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
@@ -1633,19 +1613,7 @@ mod tests {
         let table = Table::create_spare(dir.path(), spec).unwrap();
         let len = table.map.len();
         assert!(len > 4 << 20, "{len} bytes: several huge pages");
-        let pages = len.div_ceil(4096);
-        let mut resident = vec![0u8; pages];
-        // SAFETY: `table.map` is a live mapping of `len` bytes, page-aligned by mmap; `resident`
-        // has one byte per page of it.
-        let rc = unsafe {
-            libc::mincore(
-                table.map.as_ptr() as *mut libc::c_void,
-                len,
-                resident.as_mut_ptr(),
-            )
-        };
-        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
-        let in_cache = resident.iter().filter(|&&b| b & 1 == 1).count();
+        let (in_cache, pages) = crate::prealloc::pages_in_cache(&table.map);
         assert_eq!(in_cache, pages, "pages of the spare in the page cache");
     }
 

@@ -1,6 +1,6 @@
 //! Preallocating the files HookRelay memory-maps (state table, idempotency tables), so a full
 //! disk is an error when a file is created or grown — not a `SIGBUS` when a page of the mapping
-//! is written back later.
+//! is written back later; and warming what was preallocated ([`warm`]), off the shard's thread.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -77,4 +77,52 @@ pub(crate) fn reserve(file: &File, len: u64) -> io::Result<()> {
         libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
         errno => Err(io::Error::from_raw_os_error(errno)),
     }
+}
+
+/// Brings `[from, end of file)` of `file` into the page cache through a read-only mapping of
+/// its own, dropped at once: the pages are not this process's resident memory until the
+/// file's real mapping touches them. With `huge` the mapping asks for 2 MiB pages, so the
+/// page cache holds 2 MiB folios that a huge-page mapping of the file maps whole.
+///
+/// For the blocking pool, on files just preallocated. Left to the shard's first writes, the
+/// page cache's zeroed pages are made on the shard's thread, and first-touch memory is slow on
+/// a virtual machine (~2 ms per MiB on the project's, host faults): the owning shard stopped
+/// for 90–150 ms, nearly all of it in `memset`, each time it moved to a new idempotency table
+/// at max-ingest (BENCHMARKS.md, "Eighteenth session"). The pages stay clean: nothing more is
+/// written, and the kernel may still reclaim them before they are used. Advice only: where
+/// the kernel cannot populate (before Linux 5.14), the first writes fault them in as before.
+pub(crate) fn warm(file: &File, from: u64, huge: bool) {
+    // SAFETY: a read-only mapping of a file that nothing truncates while it is being made or
+    // grown; no slice into it is created, and it is dropped before returning.
+    let Ok(map) = (unsafe { memmap2::Mmap::map(file) }) else {
+        return;
+    };
+    let Some(len) = usize::try_from(from)
+        .ok()
+        .and_then(|from| map.len().checked_sub(from).map(|len| (from, len)))
+        .filter(|&(_, len)| len > 0)
+    else {
+        return;
+    };
+    if huge {
+        let _ = map.advise(memmap2::Advice::HugePage);
+    }
+    let _ = map.advise_range(memmap2::Advice::PopulateRead, len.0, len.1);
+}
+
+/// Of the pages under `bytes` (a slice of a file mapping), how many are in the page cache, and
+/// how many there are (`mincore`).
+#[cfg(test)]
+pub(crate) fn pages_in_cache(bytes: &[u8]) -> (usize, usize) {
+    const PAGE: usize = 4096;
+    let start = bytes.as_ptr() as usize;
+    let aligned = start - start % PAGE;
+    let len = start + bytes.len() - aligned;
+    let mut resident = vec![0u8; len.div_ceil(PAGE)];
+    // SAFETY: `[aligned, aligned + len)` lies within the pages of a live mapping (`bytes` is
+    // in it; mappings are page-aligned); `resident` has one byte per page of the range.
+    let rc = unsafe { libc::mincore(aligned as *mut libc::c_void, len, resident.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+    let in_cache = resident.iter().filter(|&&b| b & 1 == 1).count();
+    (in_cache, resident.len())
 }

@@ -276,6 +276,7 @@ impl StateTable {
         Some(GrowJob {
             path: self.path.clone(),
             file,
+            from: (HEADER_BYTES + self.capacity as usize * SLOT_BYTES) as u64,
             capacity: self
                 .capacity
                 .saturating_add(self.chunk_slots)
@@ -399,11 +400,15 @@ impl StateTable {
 pub struct GrowJob {
     path: PathBuf,
     file: File,
+    /// The file's length before: where the new chunk starts.
+    from: u64,
     capacity: u64,
 }
 
 impl GrowJob {
-    /// Reserves the file's blocks up to the new capacity; returns that capacity.
+    /// Reserves the file's blocks up to the new capacity and brings the new chunk into the
+    /// page cache ([`crate::prealloc::warm`]), so the puts that fill it only map its pages;
+    /// returns the new capacity.
     pub fn run(self) -> Result<u64, Error> {
         crate::prealloc::reserve(
             &self.file,
@@ -414,6 +419,7 @@ impl GrowJob {
             op: "grow ahead",
             source,
         })?;
+        crate::prealloc::warm(&self.file, self.from, false);
         Ok(self.capacity)
     }
 }
@@ -555,6 +561,26 @@ mod tests {
         let table = StateTable::open_with(&path, small()).unwrap();
         assert_eq!(table.get(2 * chunk - 1), Some(slot(9)));
         assert_eq!(table.get(3), Some(slot(3)));
+    }
+
+    /// A grow job leaves the new chunk in the page cache ([`crate::prealloc::warm`]): the
+    /// puts that fill it only map its pages.
+    #[test]
+    fn a_grown_chunk_is_in_the_page_cache_before_the_puts() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StateTableOptions {
+            chunk_slots: 1 << 16,
+        };
+        let mut table = StateTable::open_with(&dir.path().join("state"), options).unwrap();
+        let chunk = options.chunk_slots;
+        table.put(chunk / 2, &slot(1)).unwrap();
+        let job = table.grow_job().expect("half a chunk left");
+        assert!(table.finish_grow(job.run()).unwrap().is_some());
+        assert_eq!(table.capacity(), 2 * chunk);
+        let from = HEADER_BYTES + chunk as usize * SLOT_BYTES;
+        let (in_cache, pages) = crate::prealloc::pages_in_cache(&table.map[from..]);
+        assert!(pages > 500, "{pages} pages in the new chunk");
+        assert_eq!(in_cache, pages, "pages of the new chunk in the page cache");
     }
 
     #[test]
