@@ -97,17 +97,13 @@ pub(crate) fn warm(file: &File, from: u64, huge: bool) {
     let Ok(map) = (unsafe { memmap2::Mmap::map(file) }) else {
         return;
     };
-    let Some(len) = usize::try_from(from)
-        .ok()
-        .and_then(|from| map.len().checked_sub(from).map(|len| (from, len)))
-        .filter(|&(_, len)| len > 0)
-    else {
+    let Some(from) = usize::try_from(from).ok().filter(|&from| from < map.len()) else {
         return;
     };
     if huge {
         let _ = map.advise(memmap2::Advice::HugePage);
     }
-    let _ = map.advise_range(memmap2::Advice::PopulateRead, len.0, len.1);
+    let _ = map.advise_range(memmap2::Advice::PopulateRead, from, map.len() - from);
 }
 
 /// Of the pages under `bytes` (a slice of a file mapping), how many are in the page cache, and
