@@ -276,7 +276,7 @@ impl StateTable {
         Some(GrowJob {
             path: self.path.clone(),
             file,
-            from: (HEADER_BYTES + self.capacity as usize * SLOT_BYTES) as u64,
+            from: file_len(self.capacity),
             capacity: self
                 .capacity
                 .saturating_add(self.chunk_slots)
@@ -371,11 +371,7 @@ impl StateTable {
                 source,
             }
         };
-        crate::prealloc::reserve(
-            &self.file,
-            HEADER_BYTES as u64 + capacity * SLOT_BYTES as u64,
-        )
-        .map_err(io_err("grow"))?;
+        crate::prealloc::reserve(&self.file, file_len(capacity)).map_err(io_err("grow"))?;
         // SAFETY: as in `open_with`; the old mapping is dropped when replaced, and the file only
         // grew, so no page of either mapping is past the end of the file.
         let map = unsafe { MmapMut::map_mut(&self.file) }.map_err(io_err("remap"))?;
@@ -410,18 +406,21 @@ impl GrowJob {
     /// page cache ([`crate::prealloc::warm`]), so the puts that fill it only map its pages;
     /// returns the new capacity.
     pub fn run(self) -> Result<u64, Error> {
-        crate::prealloc::reserve(
-            &self.file,
-            HEADER_BYTES as u64 + self.capacity * SLOT_BYTES as u64,
-        )
-        .map_err(|source| Error::Io {
-            path: self.path,
-            op: "grow ahead",
-            source,
+        crate::prealloc::reserve(&self.file, file_len(self.capacity)).map_err(|source| {
+            Error::Io {
+                path: self.path,
+                op: "grow ahead",
+                source,
+            }
         })?;
         crate::prealloc::warm(&self.file, self.from, false);
         Ok(self.capacity)
     }
+}
+
+/// The length of a table file of `slots` slots.
+fn file_len(slots: u64) -> u64 {
+    HEADER_BYTES as u64 + slots * SLOT_BYTES as u64
 }
 
 /// Creates a table file complete and durable under a temporary name, then renames it into
@@ -430,18 +429,13 @@ fn create(path: &Path, chunk_slots: u64) -> Result<(), Error> {
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
-    crate::prealloc::create_durable(
-        &tmp,
-        path,
-        HEADER_BYTES as u64 + chunk_slots * SLOT_BYTES as u64,
-        &encode_header(),
-    )
-    .map(drop)
-    .map_err(|e| Error::Io {
-        path: e.path,
-        op: e.op,
-        source: e.source,
-    })
+    crate::prealloc::create_durable(&tmp, path, file_len(chunk_slots), &encode_header())
+        .map(drop)
+        .map_err(|e| Error::Io {
+            path: e.path,
+            op: e.op,
+            source: e.source,
+        })
 }
 
 fn encode_header() -> [u8; HEADER_BYTES] {
