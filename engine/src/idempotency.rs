@@ -895,27 +895,7 @@ impl IdempotencyIndex {
             at_rel_ms: u32::try_from(at_ms - start_ms).expect("bucket width fits u32"),
         };
         if !self.buckets.contains_key(&start_ms) {
-            if self.buckets.len() >= MAX_BUCKETS {
-                return Err(Error::Full(format!(
-                    "{MAX_BUCKETS} buckets open, cannot add one for {at_ms}"
-                )));
-            }
-            // Size the new bucket for the previous one's volume at about 50 % load, so that a
-            // steady stream needs one table per bucket.
-            let previous = self
-                .buckets
-                .range(..start_ms)
-                .next_back()
-                .map_or(0, |(_, b)| b.len());
-            let slots = clamp_slots(self.options.table_slots().max(previous.saturating_mul(2)));
-            let table = self.new_table(start_ms, 0, slots)?;
-            self.buckets.insert(
-                start_ms,
-                Bucket {
-                    tables: vec![table],
-                },
-            );
-            self.set_page_sizes();
+            self.add_bucket(start_ms)?;
         }
         let bucket = self.buckets.get_mut(&start_ms).expect("bucket exists");
         let (newest, older) = bucket
@@ -962,6 +942,58 @@ impl IdempotencyIndex {
         bucket.tables.push(table);
         self.set_page_sizes();
         Ok(())
+    }
+
+    /// Opens bucket `start_ms` with its first table.
+    fn add_bucket(&mut self, start_ms: u64) -> Result<(), Error> {
+        if self.buckets.len() >= MAX_BUCKETS {
+            return Err(Error::Full(format!(
+                "{MAX_BUCKETS} buckets open, cannot add one for {start_ms}"
+            )));
+        }
+        // Size the new bucket for the previous one's volume at about 50 % load, so that a
+        // steady stream needs one table per bucket.
+        let previous = self
+            .buckets
+            .range(..start_ms)
+            .next_back()
+            .map_or(0, |(_, b)| b.len());
+        let slots = clamp_slots(self.options.table_slots().max(previous.saturating_mul(2)));
+        let table = self.new_table(start_ms, 0, slots)?;
+        self.buckets.insert(
+            start_ms,
+            Bucket {
+                tables: vec![table],
+            },
+        );
+        self.set_page_sizes();
+        Ok(())
+    }
+
+    /// Readies the index to take inserts at `now_ms`, for a shard about to serve: makes the
+    /// first table of `now_ms`'s bucket if there is none (a new index, or one closed across a
+    /// bucket's start), here and now as the bucket's first insert would have; and returns a
+    /// job that brings the newest bucket's tables into the page cache ([`WarmJob`]), to run on
+    /// another thread while the shard serves.
+    ///
+    /// Why: every insert and lookup lands on a random 2 MiB page of the newest tables. Left to
+    /// them, the first seconds of a new table's life fault each page in on the shard's thread,
+    /// zeroed (a new table) or read from disk (after a restart): the shard stopped for ~90 ms
+    /// in the first second of a fresh start on the project's VM, where first-touch memory costs
+    /// ~2 ms per MiB (BENCHMARKS.md, "Nineteenth session"). Tables made later come as warmed
+    /// spares ([`SpareJob`]).
+    pub fn ready_for(&mut self, now_ms: u64) -> Result<WarmJob, Error> {
+        let width_ms = self.options.bucket_width_ms;
+        let start_ms = now_ms - now_ms % width_ms;
+        if !self.buckets.contains_key(&start_ms) {
+            self.add_bucket(start_ms)?;
+        }
+        let paths = self
+            .buckets
+            .last_key_value()
+            .map(|(_, bucket)| bucket.tables.iter().map(|t| t.path.clone()).collect())
+            .unwrap_or_default();
+        Ok(WarmJob(paths))
     }
 
     /// Table `generation` of bucket `start_ms`, with `capacity` slots: the spare made for it,
@@ -1441,6 +1473,24 @@ impl SpareJob {
     }
 }
 
+/// Tables to bring into the page cache, in 2 MiB folios ([`IdempotencyIndex::ready_for`]).
+/// Owns their paths, so it runs on any thread; a table removed meanwhile is skipped.
+#[derive(Debug)]
+#[must_use = "a warm job does nothing until it is run"]
+pub struct WarmJob(Vec<PathBuf>);
+
+impl WarmJob {
+    /// Reads or zeroes every page of the tables into the page cache. Blocks for as long as
+    /// that takes (a table's size from disk after a restart). Advice only: nothing to report.
+    pub fn run(self) {
+        for path in self.0 {
+            if let Ok(file) = File::open(&path) {
+                crate::prealloc::warm(&file, 0, true);
+            }
+        }
+    }
+}
+
 fn write_meta(dir: &Path, width_ms: u64, indexed_through: u64) -> Result<(), Error> {
     let path = dir.join(META_FILE);
     let tmp = dir.join(format!("{META_FILE}{TMP_SUFFIX}"));
@@ -1615,6 +1665,44 @@ mod tests {
         assert!(len > 4 << 20, "{len} bytes: several huge pages");
         let (in_cache, pages) = crate::prealloc::pages_in_cache(&table.map);
         assert_eq!(in_cache, pages, "pages of the spare in the page cache");
+    }
+
+    /// A shard about to serve has the current bucket's first table made, and the warm job
+    /// brings it into the page cache, so the first inserts only map it; the bucket's first
+    /// insert then takes that table. An index that has its current bucket makes nothing more.
+    #[test]
+    fn ready_for_makes_the_current_table_and_the_job_warms_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = IndexOptions {
+            initial_slots: 1 << 17,
+            ..small()
+        };
+        let mut index = IdempotencyIndex::open(dir.path(), options).unwrap();
+        let now_ms = 5 * WIDTH + 7;
+        let job = index.ready_for(now_ms).unwrap();
+        assert_eq!(index.bucket_count(), 1);
+        assert_eq!(table_files(dir.path()), 1);
+        let table = &index.buckets[&(5 * WIDTH)].tables[0];
+        assert!(table.map.len() > 4 << 20, "several huge pages");
+        let (in_cache, _) = crate::prealloc::pages_in_cache(&table.map);
+        assert!(
+            in_cache <= 1,
+            "{in_cache} pages in the page cache before the job"
+        );
+        job.run();
+        let (in_cache, pages) = crate::prealloc::pages_in_cache(&table.map);
+        assert_eq!(in_cache, pages, "pages of the table in the page cache");
+
+        index.insert_new("ep", "k", 1, 1, now_ms).unwrap();
+        assert_eq!(
+            table_files(dir.path()),
+            1,
+            "the insert took the table made ready"
+        );
+        assert_eq!(index.lookup("ep", "k", now_ms).map(|h| h.offset), Some(1));
+        let again = index.ready_for(now_ms + 1).unwrap();
+        assert_eq!((index.bucket_count(), table_files(dir.path())), (1, 1));
+        again.run();
     }
 
     #[test]

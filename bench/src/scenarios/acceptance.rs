@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::{Bed, BedOptions, Common, check_delivered, emit, ms, run_load};
 use crate::load::Pace;
+use crate::logstats;
 use crate::report::{Row, Verdict};
 
 /// How long the receiver may still be waited for after the load.
@@ -41,7 +42,10 @@ pub async fn measure(a: &AcceptanceArgs) -> anyhow::Result<Row> {
     let duration = c.duration(a.duration_s, 600, 60);
     let bed = Bed::start(c, BedOptions::default()).await?;
     let cfg = bed.load(c, Pace::Open { rate: a.rate }, duration, a.connections)?;
-    let r = run_load(cfg).await?;
+    // The log's figures (slowest commit, worst shard lag) tell a disk stall from a shard's
+    // when the tail is long.
+    let (r, log) = logstats::during(Some(bed.server.api()), Duration::ZERO, run_load(cfg)).await?;
+    let host = r.hiccups.summary();
     let book = bed.book().expect("the bed has a receiver").clone();
     let d = check_delivered(&book, &r.acks, DELIVERY_WAIT).await;
     bed.stop().await;
@@ -70,7 +74,7 @@ pub async fn measure(a: &AcceptanceArgs) -> anyhow::Result<Row> {
             c.setup_line()
         ),
         result: format!(
-            "ACK p50 {} / p95 {} / p99 {} / max {} ms; {} ACKed, {} failed ({}); {}/{} delivered",
+            "ACK p50 {} / p95 {} / p99 {} / max {} ms; {} ACKed, {} failed ({}); {}/{} delivered; host stalled {:.1} % of the time{}",
             ms(s.p50_ms),
             ms(s.p95_ms),
             ms(s.p99_ms),
@@ -79,7 +83,9 @@ pub async fn measure(a: &AcceptanceArgs) -> anyhow::Result<Row> {
             r.failed(),
             r.errors_line(),
             d.delivered,
-            d.acked
+            d.acked,
+            host.lost_pct,
+            log.map(|l| format!("; {}", l.text())).unwrap_or_default()
         ),
         target: if c.smoke {
             "completes; every ACK delivered".into()
@@ -98,6 +104,8 @@ pub async fn measure(a: &AcceptanceArgs) -> anyhow::Result<Row> {
             "delivered": d.delivered,
             "missing_sample": d.missing_sample,
             "e2e": d.latency.summary(),
+            "host_stalls": host,
+            "log": log,
         }),
     })
 }

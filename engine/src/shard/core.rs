@@ -198,7 +198,20 @@ impl ShardCore {
             node,
         });
         core.recover().await?;
+        core.ready_index(now_ms());
         Ok(core)
+    }
+
+    /// The idempotency index's current tables made and warmed before the first ingest needs
+    /// them ([`IdempotencyIndex::ready_for`]): the table is made here, the warming is left to
+    /// the blocking pool. A failure is only logged: the first insert makes its table itself.
+    fn ready_index(&self, now: u64) {
+        match self.idem.borrow_mut().ready_for(now) {
+            Ok(job) => drop(tokio::task::spawn_blocking(move || job.run())),
+            Err(e) => {
+                tracing::warn!(shard = self.id, error = %e, "making the current idempotency table failed; the first insert makes it")
+            }
+        }
     }
 
     pub(crate) fn shard_error(&self, offset: u64, reason: impl ToString) -> Error {
