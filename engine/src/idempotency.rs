@@ -1684,11 +1684,8 @@ mod tests {
         assert_eq!(table_files(dir.path()), 1);
         let table = &index.buckets[&(5 * WIDTH)].tables[0];
         assert!(table.map.len() > 4 << 20, "several huge pages");
-        let (in_cache, _) = crate::prealloc::pages_in_cache(&table.map);
-        assert!(
-            in_cache <= 1,
-            "{in_cache} pages in the page cache before the job"
-        );
+        // (On a disk file system the new table's pages are not in the page cache before the
+        // job; on tmpfs they always are, so that is not asserted.)
         job.run();
         let (in_cache, pages) = crate::prealloc::pages_in_cache(&table.map);
         assert_eq!(in_cache, pages, "pages of the table in the page cache");
