@@ -883,8 +883,7 @@ impl IdempotencyIndex {
         at_ms: u64,
         maybe_replay: bool,
     ) -> Result<(), Error> {
-        let width_ms = self.options.bucket_width_ms;
-        let start_ms = at_ms - at_ms % width_ms;
+        let start_ms = self.bucket_start(at_ms);
         if self.bucket_expired(start_ms, self.expired_at_ms) {
             return Ok(());
         }
@@ -894,9 +893,7 @@ impl IdempotencyIndex {
             offset,
             at_rel_ms: u32::try_from(at_ms - start_ms).expect("bucket width fits u32"),
         };
-        if !self.buckets.contains_key(&start_ms) {
-            self.add_bucket(start_ms)?;
-        }
+        self.ensure_bucket(start_ms)?;
         let bucket = self.buckets.get_mut(&start_ms).expect("bucket exists");
         let (newest, older) = bucket
             .tables
@@ -944,8 +941,16 @@ impl IdempotencyIndex {
         Ok(())
     }
 
-    /// Opens bucket `start_ms` with its first table.
-    fn add_bucket(&mut self, start_ms: u64) -> Result<(), Error> {
+    /// The start of the bucket that holds moment `at_ms`.
+    fn bucket_start(&self, at_ms: u64) -> u64 {
+        at_ms - at_ms % self.options.bucket_width_ms
+    }
+
+    /// Opens bucket `start_ms` with its first table, unless it is open already.
+    fn ensure_bucket(&mut self, start_ms: u64) -> Result<(), Error> {
+        if self.buckets.contains_key(&start_ms) {
+            return Ok(());
+        }
         if self.buckets.len() >= MAX_BUCKETS {
             return Err(Error::Full(format!(
                 "{MAX_BUCKETS} buckets open, cannot add one for {start_ms}"
@@ -983,11 +988,7 @@ impl IdempotencyIndex {
     /// ~2 ms per MiB (BENCHMARKS.md, "Nineteenth session"). Tables made later come as warmed
     /// spares ([`SpareJob`]).
     pub fn ready_for(&mut self, now_ms: u64) -> Result<WarmJob, Error> {
-        let width_ms = self.options.bucket_width_ms;
-        let start_ms = now_ms - now_ms % width_ms;
-        if !self.buckets.contains_key(&start_ms) {
-            self.add_bucket(start_ms)?;
-        }
+        self.ensure_bucket(self.bucket_start(now_ms))?;
         let paths = self
             .buckets
             .last_key_value()
